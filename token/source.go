@@ -1,0 +1,493 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrClosed is returned by a Source after Close.
+var ErrClosed = errors.New("token: source closed")
+
+// Options configure a Source. The zero value is ready to use; every zero
+// field takes the default its comment gives.
+type Options struct {
+	// RefreshAhead is the fraction of a token's lifetime before its expiry
+	// at which it is refreshed. Default 0.2 (a 7200 s token is refreshed
+	// 1440 s before it expires). Negative means 0.
+	RefreshAhead float64
+	// MinRefreshAhead is the floor of the refresh-ahead window. Default 1s.
+	// The window is never more than half the lifetime.
+	MinRefreshAhead time.Duration
+	// FetchTimeout bounds one upstream fetch, whatever the caller's
+	// context. Default 10s.
+	FetchTimeout time.Duration
+	// WaitTimeout bounds how long a refresh (read, wait for another
+	// instance, fetch, write) may take, whatever the caller's context.
+	// Default 30s.
+	WaitTimeout time.Duration
+	// PollInterval is how often an instance that waits for another
+	// instance's refresh re-reads the store when no notification arrives.
+	// Default 250ms.
+	PollInterval time.Duration
+	// RetryInterval is how long a Source that still holds a valid token waits
+	// after a failed background refresh before it tries again. Default 1s.
+	RetryInterval time.Duration
+	// Logger receives warnings about failed refreshes and unreadable shared
+	// values. Secrets are never logged. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock that turns a fetched Token's ExpiresAt into a
+	// lifetime and a shared TTL into ExpiresAt. It must be the clock the
+	// Fetcher uses. Default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.RefreshAhead == 0 {
+		o.RefreshAhead = 0.2
+	}
+	if o.RefreshAhead < 0 {
+		o.RefreshAhead = 0
+	}
+	if o.MinRefreshAhead <= 0 {
+		o.MinRefreshAhead = time.Second
+	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 10 * time.Second
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = 30 * time.Second
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 250 * time.Millisecond
+	}
+	if o.RetryInterval <= 0 {
+		o.RetryInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// window is the refresh-ahead window of a token with the given lifetime.
+func (o Options) window(lifetime time.Duration) time.Duration {
+	w := max(time.Duration(o.RefreshAhead*float64(lifetime)), o.MinRefreshAhead)
+	return min(w, lifetime/2)
+}
+
+// Entry states. An entry is fresh until its refresh-ahead deadline, then
+// ahead (valid, refresh wanted) until it expires; superseded means another
+// instance announced a newer token or the token was invalidated.
+const (
+	stateFresh int32 = iota
+	stateAhead
+	stateSuperseded
+)
+
+// entry is the near-cached token. Its state is flipped by a timer, so that
+// the hot path reads no clock.
+type entry struct {
+	tok      Token
+	version  int64
+	deadline time.Time // expiry on the monotonic clock
+	state    atomic.Int32
+	timer    *time.Timer
+}
+
+func (e *entry) valid() bool { return e != nil && time.Now().Before(e.deadline) }
+
+// call is one in-process refresh that any number of callers wait for.
+type call struct {
+	done chan struct{}
+	tok  Token
+	err  error
+}
+
+// A Source hands out one credential's token, shared with every other
+// instance that uses the same Store and Locker.
+//
+// Token returns the near-cached token without I/O while it is fresh. When it
+// enters its refresh-ahead window, one goroutine per instance reads the
+// shared store, and one instance per cluster fetches a new token under the
+// lock while callers keep getting the valid one. Use a Source from any number
+// of goroutines; call Close when done.
+type Source struct {
+	name    string
+	fetcher Fetcher
+	store   Store
+	locker  Locker
+	opts    Options
+	log     *slog.Logger
+
+	cur  atomic.Pointer[entry]
+	dead atomic.Int64 // highest version known to be invalidated
+	seen atomic.Int64 // highest version announced as written
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopWatch func()
+	wg        sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	flight  *call
+	again   bool          // an event arrived during the flight: read again
+	wake    chan struct{} // closed and replaced on every event
+	retryAt time.Time     // no background refresh before this
+}
+
+// NewSource returns a Source for the credential called name (used in logs
+// and errors) that fetches with f and coordinates through store and locker.
+func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options) *Source {
+	opts = opts.withDefaults()
+	s := &Source{
+		name:    name,
+		fetcher: f,
+		store:   store,
+		locker:  locker,
+		opts:    opts,
+		log:     opts.Logger.With(slog.String("credential", name)),
+		wake:    make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.stopWatch = store.Watch(s.onEvent)
+	return s
+}
+
+// Token returns a valid token. While the near-cached token is fresh it does
+// no I/O, takes no lock and allocates nothing. Otherwise it may wait, within
+// ctx, for a refresh by this or another instance.
+func (s *Source) Token(ctx context.Context) (Token, error) {
+	if e := s.cur.Load(); e != nil && e.state.Load() == stateFresh {
+		return e.tok, nil
+	}
+	return s.slow(ctx)
+}
+
+func (s *Source) slow(ctx context.Context) (Token, error) {
+	e := s.cur.Load()
+	valid := e.valid()
+	if valid && e.state.Load() == stateAhead {
+		// Refresh in the background; nobody waits while a token is valid.
+		s.mu.Lock()
+		retry := time.Now().After(s.retryAt)
+		s.mu.Unlock()
+		if retry {
+			_, _ = s.refresh()
+		}
+		return e.tok, nil
+	}
+	c, err := s.refresh()
+	if err != nil {
+		return Token{}, err
+	}
+	select {
+	case <-c.done:
+		if c.err == nil {
+			return c.tok, nil
+		}
+		if valid && e.valid() && e.version > s.dead.Load() {
+			// Superseded by a newer token we could not read: the old one
+			// is still the best we have.
+			return e.tok, nil
+		}
+		return Token{}, c.err
+	case <-ctx.Done():
+		return Token{}, fmt.Errorf("token: %s: waiting for a token: %w", s.name, context.Cause(ctx))
+	}
+}
+
+// refresh returns the in-process refresh, starting one if none runs.
+func (s *Source) refresh() (*call, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if s.flight != nil {
+		return s.flight, nil
+	}
+	return s.startLocked(), nil
+}
+
+func (s *Source) startLocked() *call {
+	c := &call{done: make(chan struct{})}
+	s.flight = c
+	s.again = false
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, s.opts.WaitTimeout)
+		c.tok, c.err = s.run(ctx)
+		cancel()
+		if c.err != nil && s.ctx.Err() == nil {
+			s.log.Warn("tokencache: refresh failed", slog.Any("error", c.err))
+		}
+		s.mu.Lock()
+		s.flight = nil
+		if c.err != nil {
+			s.retryAt = time.Now().Add(s.opts.RetryInterval)
+		}
+		if s.again && !s.closed && c.err == nil {
+			s.startLocked()
+		}
+		s.mu.Unlock()
+		close(c.done)
+	}()
+	return c
+}
+
+// run is one refresh: read the store; if the token is not fresh, become the
+// refresher or wait for the one that is.
+func (s *Source) run(ctx context.Context) (Token, error) {
+	timer := time.NewTimer(s.opts.PollInterval)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		wake := s.wake
+		s.mu.Unlock()
+
+		sh, have, err := s.load(ctx)
+		if err != nil {
+			return Token{}, err
+		}
+		if have && s.fresh(sh) {
+			return s.adopt(sh, 0), nil
+		}
+		held, err := s.locker.TryLock(ctx)
+		if err == nil {
+			tok, lost, err := s.refreshLocked(ctx, held)
+			if lost {
+				// We lost the lock mid-refresh, so another instance may
+				// have taken over: read again and wait for it.
+				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", slog.Any("error", err))
+				continue
+			}
+			return tok, err
+		}
+		if !errors.Is(err, ErrLocked) {
+			return Token{}, fmt.Errorf("token: %s: lock: %w", s.name, err)
+		}
+		if have {
+			// Another instance is refreshing and this token is still
+			// valid: serve it, and look again after a poll interval if no
+			// notification comes first.
+			return s.adopt(sh, s.opts.PollInterval), nil
+		}
+		timer.Reset(s.opts.PollInterval)
+		select {
+		case <-wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			return Token{}, fmt.Errorf("token: %s: waiting for another instance's refresh: %w", s.name, context.Cause(ctx))
+		}
+	}
+}
+
+// load reads the store. A missing, unreadable or invalidated token is a miss.
+func (s *Source) load(ctx context.Context) (Shared, bool, error) {
+	sh, err := s.store.Load(ctx)
+	switch {
+	case err == nil:
+		// A version older than one already announced was read just before
+		// the announced write: it is dead upstream, read again.
+		return sh, sh.TTL > 0 && sh.Version > s.dead.Load() && sh.Version >= s.seen.Load(), nil
+	case errors.Is(err, ErrNotFound):
+		return Shared{}, false, nil
+	case errors.Is(err, ErrMalformed):
+		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
+		return Shared{}, false, nil
+	default:
+		return Shared{}, false, fmt.Errorf("token: %s: read shared token: %w", s.name, err)
+	}
+}
+
+// refreshLocked fetches and saves a token while holding the lock. lost
+// reports a failure because the lock was lost.
+func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bool, err error) {
+	lctx := held.Context()
+	defer func() {
+		lost = err != nil && lctx.Err() != nil && ctx.Err() == nil
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = held.Release(rctx)
+	}()
+	// Another instance may have refreshed between our read and our lock.
+	sh, have, err := s.load(lctx)
+	if err != nil {
+		return Token{}, false, err
+	}
+	if have && s.fresh(sh) {
+		return s.adopt(sh, 0), false, nil
+	}
+	version, err := s.store.NextVersion(lctx)
+	if err != nil {
+		return Token{}, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
+	}
+	fctx, cancel := context.WithTimeout(lctx, s.opts.FetchTimeout)
+	tok, err := s.fetch(fctx)
+	cancel()
+	if err != nil {
+		return Token{}, false, fmt.Errorf("token: %s: fetch: %w", s.name, err)
+	}
+	ttl := tok.ExpiresAt.Sub(s.opts.Now())
+	if tok.Value == "" || ttl <= 0 {
+		return Token{}, false, fmt.Errorf("token: %s: fetcher returned %v: %w", s.name, tok, ErrInvalidToken)
+	}
+	sh = Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
+	// The upstream has just invalidated the previous token: serve the new
+	// one here at once, then share it. Save even if the lock was lost
+	// meanwhile: the fence decides.
+	tok = s.adopt(sh, 0)
+	if err := s.store.Save(ctx, sh); err != nil {
+		if errors.Is(err, ErrFenced) {
+			if sh, have, lerr := s.load(ctx); lerr == nil && have {
+				return s.adopt(sh, 0), false, nil
+			}
+		}
+		// The token is good but other instances cannot see it; they will
+		// refresh on their own.
+		s.log.Warn("tokencache: could not share the new token", slog.Any("error", err))
+	}
+	return tok, false, nil
+}
+
+// ErrInvalidToken is returned when a Fetcher returns an empty or expired
+// token. Nothing is stored.
+var ErrInvalidToken = errors.New("token: fetcher returned an empty or expired token")
+
+// fetch calls the Fetcher but returns when ctx is done even if the Fetcher
+// does not honour it (its goroutine then ends when the Fetcher returns).
+func (s *Source) fetch(ctx context.Context) (Token, error) {
+	type result struct {
+		tok Token
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		tok, err := s.fetcher.Fetch(ctx)
+		ch <- result{tok, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.tok, r.err
+	case <-ctx.Done():
+		return Token{}, context.Cause(ctx)
+	}
+}
+
+func (s *Source) fresh(sh Shared) bool {
+	return sh.TTL > s.opts.window(sh.Lifetime)
+}
+
+// adopt makes sh the near-cached token. The entry turns stale at the start of
+// its refresh-ahead window, or after recheck if that is set.
+func (s *Source) adopt(sh Shared, recheck time.Duration) Token {
+	e := &entry{
+		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
+		version:  sh.Version,
+		deadline: time.Now().Add(sh.TTL),
+	}
+	staleIn := sh.TTL - s.opts.window(sh.Lifetime)
+	if recheck > 0 {
+		staleIn = min(recheck, sh.TTL)
+	}
+	if staleIn <= 0 {
+		e.state.Store(stateAhead)
+	} else {
+		e.timer = time.AfterFunc(staleIn, func() { e.state.CompareAndSwap(stateFresh, stateAhead) })
+	}
+	if old := s.cur.Swap(e); old != nil && old.timer != nil {
+		old.timer.Stop()
+	}
+	return e.tok
+}
+
+// onEvent reacts to a change announced by the store.
+func (s *Source) onEvent(ev Event) {
+	e := s.cur.Load()
+	switch ev.Kind {
+	case Refreshed:
+		raise(&s.seen, ev.Version)
+		if e != nil && e.version >= ev.Version {
+			return
+		}
+	case Invalidated:
+		raise(&s.dead, ev.Version)
+		if e != nil && e.version > ev.Version {
+			return
+		}
+	}
+	if e != nil && ev.Kind != Resync {
+		e.state.Store(stateSuperseded)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.wake)
+	s.wake = make(chan struct{})
+	if s.closed || !e.valid() && ev.Kind == Resync {
+		return
+	}
+	if e == nil {
+		return // nobody asked for this token yet; waiters were woken
+	}
+	if s.flight != nil {
+		s.again = true
+		return
+	}
+	s.startLocked()
+}
+
+// raise sets a to v if v is greater.
+func raise(a *atomic.Int64, v int64) {
+	for {
+		old := a.Load()
+		if v <= old || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+// Invalidate reports that the upstream rejected bad. If the near-cached token
+// is bad, it is dropped, the shared token is removed if it is still bad, and
+// a refresh starts; Token then waits for the new token. Invalidating a token
+// that was already replaced does nothing, so a thousand callers reporting the
+// same bad token cause one fetch.
+func (s *Source) Invalidate(ctx context.Context, bad string) error {
+	e := s.cur.Load()
+	if e == nil || e.tok.Value != bad {
+		return nil
+	}
+	s.onEvent(Event{Kind: Invalidated, Version: e.version})
+	if _, err := s.store.Invalidate(ctx, e.version); err != nil {
+		return fmt.Errorf("token: %s: invalidate: %w", s.name, err)
+	}
+	return nil
+}
+
+// Close stops the Source's background work and its subscription. Token
+// returns ErrClosed afterwards. Close is idempotent and always returns nil.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.stopWatch()
+	s.cancel()
+	s.wg.Wait()
+	if e := s.cur.Swap(nil); e != nil && e.timer != nil {
+		e.timer.Stop()
+	}
+	return nil
+}

@@ -1,0 +1,373 @@
+package token_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func opts() token.Options {
+	return token.Options{
+		RefreshAhead:    0.2,
+		MinRefreshAhead: time.Millisecond,
+		PollInterval:    20 * time.Millisecond,
+		Logger:          quiet,
+	}
+}
+
+func newSource(t testing.TB, up token.Fetcher, st *tokentest.Store, o token.Options) *token.Source {
+	t.Helper()
+	s := token.NewSource("test", up, st, st, o)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestHotPathDoesNoIO(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	s := newSource(t, up, st, opts())
+	ctx := context.Background()
+	first, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loads := st.Loads()
+	for range 10000 {
+		tok, err := s.Token(ctx)
+		if err != nil || tok.Value != first.Value {
+			t.Fatalf("Token = %v, %v; want %v", tok, err, first)
+		}
+	}
+	if got := st.Loads(); got != loads {
+		t.Errorf("store loads grew from %d to %d on the hot path", loads, got)
+	}
+	if n := up.Calls(); n != 1 {
+		t.Errorf("upstream calls = %d, want 1", n)
+	}
+	if allocs := testing.AllocsPerRun(1000, func() { _, _ = s.Token(ctx) }); allocs != 0 {
+		t.Errorf("hot path allocates %v times per call", allocs)
+	}
+}
+
+// TestOneFetchPerLifetime runs 8 instances × 64 goroutines over 10 lifetimes
+// against a strict upstream and checks that no token was replaced before its
+// refresh-ahead window, none ran out, and no caller got an error.
+func TestOneFetchPerLifetime(t *testing.T) {
+	const lifetime = 200 * time.Millisecond
+	up := tokentest.New(lifetime)
+	st := tokentest.NewStore()
+	o := opts()
+	var srcs []*token.Source
+	for range 8 {
+		srcs = append(srcs, newSource(t, up, st, o))
+	}
+	res := tokentest.Load(context.Background(), srcs, tokentest.LoadConfig{
+		Goroutines: 64, Duration: 10 * lifetime, Think: 2 * time.Millisecond, Upstream: up})
+	checkLoad(t, res, up, lifetime, o.RefreshAhead)
+}
+
+func checkLoad(t *testing.T, res tokentest.Result, up *tokentest.Upstream, lifetime time.Duration, ahead float64) {
+	t.Helper()
+	t.Logf("%s", res)
+	if res.Errors > 0 {
+		t.Errorf("%d callers got errors, first: %v", res.Errors, res.FirstErr)
+	}
+	times := up.IssueTimes()
+	// A token is replaced no earlier than its refresh-ahead window allows
+	// (slack for timers) and before it expires.
+	minGap := time.Duration(float64(lifetime)*(1-ahead)) - lifetime/10
+	for i := 1; i < len(times); i++ {
+		gap := times[i].Sub(times[i-1])
+		if gap < minGap {
+			t.Errorf("fetch %d came %v after the previous one; want at least %v (a duplicate fetch)", i, gap, minGap)
+		}
+	}
+	want := int(res.Duration / time.Duration(float64(lifetime)*(1-ahead)))
+	if n := up.Issued(); n > want+1 || n < want-1 {
+		t.Errorf("upstream issued %d tokens over %v; want %d±1", n, res.Duration, want)
+	}
+	if res.MaxStale > 100*time.Millisecond {
+		t.Errorf("a caller got a token that had been invalid for %v", res.MaxStale)
+	}
+}
+
+func TestInvalidateStormFetchesOnce(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	var srcs []*token.Source
+	for range 8 {
+		srcs = append(srcs, newSource(t, up, st, opts()))
+	}
+	ctx := context.Background()
+	bad, err := srcs[0].Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range srcs {
+		if tok, err := s.Token(ctx); err != nil || tok.Value != bad.Value {
+			t.Fatalf("Token = %v, %v; want the shared %v", tok, err, bad)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 1000 {
+		wg.Go(func() {
+			s := srcs[i%len(srcs)]
+			if err := s.Invalidate(ctx, bad.Value); err != nil {
+				t.Error(err)
+			}
+			tok, err := s.Token(ctx)
+			if err != nil || tok.Value == bad.Value {
+				t.Errorf("after Invalidate: Token = %v, %v", tok, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := up.Calls(); n != 2 {
+		t.Errorf("upstream calls = %d, want 2 (first token and one refresh)", n)
+	}
+	// Invalidating the replaced token again fetches nothing.
+	for _, s := range srcs {
+		if err := s.Invalidate(ctx, bad.Value); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := up.Calls(); n != 2 {
+		t.Errorf("a stale Invalidate fetched: upstream calls = %d, want 2", n)
+	}
+}
+
+func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	quota := errors.New("quota exceeded")
+	up.FailNext(quota)
+	st := tokentest.NewStore()
+	s := newSource(t, up, st, opts())
+	ctx := context.Background()
+	_, err := s.Token(ctx)
+	if !errors.Is(err, quota) {
+		t.Fatalf("Token error = %v, want one wrapping %v", err, quota)
+	}
+	if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
+		t.Errorf("store after a failed fetch: %v, want ErrNotFound", err)
+	}
+	tok, err := s.Token(ctx)
+	if err != nil || !up.Valid(tok.Value) {
+		t.Fatalf("Token after recovery = %v, %v", tok, err)
+	}
+}
+
+func TestBadFetcherResult(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tok  token.Token
+	}{
+		{"empty", token.Token{ExpiresAt: time.Now().Add(time.Hour)}},
+		{"expired", token.Token{Value: "abcdefghijklmnop", ExpiresAt: time.Now().Add(-time.Second)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := tokentest.NewStore()
+			f := token.FetcherFunc(func(context.Context) (token.Token, error) { return tc.tok, nil })
+			s := newSource(t, f, st, opts())
+			if _, err := s.Token(context.Background()); !errors.Is(err, token.ErrInvalidToken) {
+				t.Errorf("err = %v, want ErrInvalidToken", err)
+			}
+			if _, err := st.Load(context.Background()); !errors.Is(err, token.ErrNotFound) {
+				t.Errorf("stored after a bad fetch: %v", err)
+			}
+		})
+	}
+}
+
+// TestRefreshAheadDoesNotWait: a caller that still has a valid token gets it
+// at once while the refresh runs, even if the upstream hangs.
+func TestRefreshAheadDoesNotWait(t *testing.T) {
+	const lifetime = 400 * time.Millisecond
+	up := tokentest.New(lifetime)
+	st := tokentest.NewStore()
+	o := opts()
+	o.RefreshAhead = 0.5
+	s := newSource(t, up, st, o)
+	ctx := context.Background()
+	first, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := up.Hold()
+	defer release()
+	// Poll until the refresh-ahead deadline passes and a refresh starts.
+	var got token.Token
+	for deadline := time.Now().Add(lifetime); ; {
+		got, err = s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-entered:
+		default:
+			if time.Now().After(deadline) {
+				t.Fatal("no refresh started before the token expired")
+			}
+			time.Sleep(time.Millisecond) // polling a clock-driven state
+			continue
+		}
+		break
+	}
+	// The fetch is now blocked; callers still get the old token at once.
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if got, err = s.Token(cctx); err != nil || got.Value != first.Value {
+		t.Fatalf("Token during refresh = %v, %v; want %v", got, err, first)
+	}
+	release()
+	for got.Value == first.Value {
+		if got, err = s.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	if !up.Valid(got.Value) {
+		t.Errorf("new token %v is not valid", got)
+	}
+}
+
+func TestWaiterHonoursContext(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	other, err := st.TryLock(context.Background()) // another instance is refreshing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Release(context.Background())
+	s := newSource(t, up, st, opts())
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error)
+	go func() {
+		_, err := s.Token(ctx)
+		errc <- err
+	}()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	if up.Calls() != 0 {
+		t.Errorf("a waiter fetched while another instance held the lock")
+	}
+	// The waiter wakes on the other instance's write.
+	go func() {
+		_, err := s.Token(context.Background())
+		errc <- err
+	}()
+	v, _ := st.NextVersion(context.Background())
+	if err := st.Save(context.Background(), token.Shared{Value: "0123456789abcdef", Version: v, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Errorf("waiter: %v", err)
+	}
+}
+
+func TestClose(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	s := token.NewSource("test", up, tokentest.NewStore(), tokentest.NewStore(), opts())
+	if _, err := s.Token(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.Token(context.Background()); !errors.Is(err, token.ErrClosed) {
+		t.Errorf("Token after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestTokenIsRedacted(t *testing.T) {
+	secret := "SECRETSECRETSECRETSECRET"
+	tok := token.Token{Value: secret, ExpiresAt: time.Now()}
+	var buf syncBuffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "tok", tok)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "tok", tok)
+	for _, s := range []string{
+		fmt.Sprint(tok), fmt.Sprintf("%v %+v %#v %s %q", tok, tok, tok, tok, tok),
+		fmt.Sprintf("%v", &tok), tok.String(), buf.String(),
+	} {
+		if containsSecret(s, secret) {
+			t.Errorf("secret printed: %s", s)
+		}
+	}
+}
+
+// containsSecret reports whether s holds any 8 consecutive characters of
+// secret.
+func containsSecret(s, secret string) bool {
+	for i := 0; i+8 <= len(secret); i++ {
+		if strings.Contains(s, secret[i:i+8]) {
+			return true
+		}
+	}
+	return false
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b = append(b.b, p...)
+	return len(p), nil
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.b)
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
+
+func BenchmarkTokenHot(b *testing.B) {
+	up := tokentest.New(time.Hour)
+	s := newSource(b, up, tokentest.NewStore(), opts())
+	ctx := context.Background()
+	if _, err := s.Token(ctx); err != nil {
+		b.Fatal(err)
+	}
+	var fails atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Token(ctx); err != nil {
+				fails.Add(1)
+			}
+		}
+	})
+	if fails.Load() > 0 {
+		b.Fatalf("%d errors", fails.Load())
+	}
+}

@@ -1,0 +1,94 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store or Locker returns so that a Source can tell the expected
+// outcomes of the protocol from failures. Match them with errors.Is.
+var (
+	// ErrNotFound means the store holds no token for the credential.
+	ErrNotFound = errors.New("token: no shared token")
+	// ErrMalformed means the stored value could not be decoded. A Source
+	// treats it as a miss and overwrites the value on the next refresh.
+	ErrMalformed = errors.New("token: malformed shared value")
+	// ErrFenced means a write was refused because the store already holds a
+	// token with the same or a newer version.
+	ErrFenced = errors.New("token: write fenced by a newer version")
+	// ErrLocked means another instance holds the refresh lock.
+	ErrLocked = errors.New("token: refresh lock held by another instance")
+)
+
+// Shared is a token as the shared store holds it.
+type Shared struct {
+	// Value is the token.
+	Value string
+	// Version is the fencing version the token was written with.
+	Version int64
+	// TTL is the remaining lifetime, measured by the store (not by any
+	// instance's wall clock).
+	TTL time.Duration
+	// Lifetime is the token's whole lifetime when it was written; it sizes
+	// the refresh-ahead window.
+	Lifetime time.Duration
+}
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// Refreshed means a token with Event.Version was written.
+	Refreshed EventKind = iota + 1
+	// Invalidated means the token with Event.Version was invalidated.
+	Invalidated
+	// Resync means events may have been lost (e.g. a subscription was
+	// re-established): re-read the shared token.
+	Resync
+)
+
+// An Event tells a Source that the shared token changed.
+type Event struct {
+	Kind    EventKind
+	Version int64
+}
+
+// A Store is the shared state of one credential.
+//
+// Implementations must be safe for concurrent use and must measure TTLs on a
+// single clock (the store's), so that instances never compare their own
+// clocks with each other's.
+type Store interface {
+	// Load returns the stored token, ErrNotFound if there is none, or an
+	// error wrapping ErrMalformed if the stored value cannot be decoded.
+	Load(ctx context.Context) (Shared, error)
+	// NextVersion returns a fencing version greater than any returned before.
+	NextVersion(ctx context.Context) (int64, error)
+	// Save stores s with s.TTL as its time to live, unless a token with the
+	// same or a newer version was already saved, in which case it returns an
+	// error wrapping ErrFenced. A successful Save notifies watchers.
+	Save(ctx context.Context, s Shared) error
+	// Invalidate removes the stored token if, and only if, it has the given
+	// version, and then notifies watchers. It reports whether it removed it.
+	Invalidate(ctx context.Context, version int64) (bool, error)
+	// Watch calls fn for every event on this credential until stop is
+	// called. fn must not block.
+	Watch(fn func(Event)) (stop func())
+}
+
+// A Locker guards the refresh of one credential across instances.
+type Locker interface {
+	// TryLock obtains the lock without waiting. It returns an error wrapping
+	// ErrLocked if another holder has it.
+	TryLock(ctx context.Context) (Held, error)
+}
+
+// Held is an obtained lock, kept alive until released.
+type Held interface {
+	// Context is done when the lock is lost or released; a fetch runs
+	// under it, so that a refresher that lost its lock stops fetching.
+	Context() context.Context
+	// Release gives the lock up. It is safe to call more than once.
+	Release(ctx context.Context) error
+}

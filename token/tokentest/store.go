@@ -1,0 +1,146 @@
+package tokentest
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tokencache/tokencache/token"
+)
+
+// Store is an in-memory token.Store and token.Locker for one credential.
+// Sources that share a Store behave like instances that share Redis, so the
+// coordinator can be tested without a server.
+type Store struct {
+	mu       sync.Mutex
+	sh       token.Shared
+	expires  time.Time
+	next     int64
+	written  int64
+	locked   bool
+	watchers map[*func(token.Event)]struct{}
+	loads    int
+}
+
+// NewStore returns an empty Store.
+func NewStore() *Store {
+	return &Store{watchers: make(map[*func(token.Event)]struct{})}
+}
+
+// Loads returns how many times Load was called.
+func (s *Store) Loads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loads
+}
+
+// Load implements token.Store.
+func (s *Store) Load(ctx context.Context) (token.Shared, error) {
+	if err := ctx.Err(); err != nil {
+		return token.Shared{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loads++
+	ttl := time.Until(s.expires)
+	if s.sh.Value == "" || ttl <= 0 {
+		return token.Shared{}, token.ErrNotFound
+	}
+	sh := s.sh
+	sh.TTL = ttl
+	return sh, nil
+}
+
+// NextVersion implements token.Store.
+func (s *Store) NextVersion(ctx context.Context) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	return s.next, nil
+}
+
+// Save implements token.Store.
+func (s *Store) Save(ctx context.Context, sh token.Shared) error {
+	s.mu.Lock()
+	if sh.Version <= s.written {
+		s.mu.Unlock()
+		return token.ErrFenced
+	}
+	s.written = sh.Version
+	s.sh, s.expires = sh, time.Now().Add(sh.TTL)
+	fns := s.fns()
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(token.Event{Kind: token.Refreshed, Version: sh.Version})
+	}
+	return nil
+}
+
+// Invalidate implements token.Store.
+func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
+	s.mu.Lock()
+	if s.sh.Value == "" || s.sh.Version != version {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.sh = token.Shared{}
+	fns := s.fns()
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(token.Event{Kind: token.Invalidated, Version: version})
+	}
+	return true, nil
+}
+
+func (s *Store) fns() []func(token.Event) {
+	fns := make([]func(token.Event), 0, len(s.watchers))
+	for fn := range s.watchers {
+		fns = append(fns, *fn)
+	}
+	return fns
+}
+
+// Watch implements token.Store.
+func (s *Store) Watch(fn func(token.Event)) (stop func()) {
+	p := &fn
+	s.mu.Lock()
+	s.watchers[p] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.watchers, p)
+		s.mu.Unlock()
+	}
+}
+
+// TryLock implements token.Locker. The lock does not expire.
+func (s *Store) TryLock(ctx context.Context) (token.Held, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.locked {
+		return nil, token.ErrLocked
+	}
+	s.locked = true
+	h := &held{s: s}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	return h, nil
+}
+
+type held struct {
+	s      *Store
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func (h *held) Context() context.Context { return h.ctx }
+
+func (h *held) Release(context.Context) error {
+	h.once.Do(func() {
+		h.cancel()
+		h.s.mu.Lock()
+		h.s.locked = false
+		h.s.mu.Unlock()
+	})
+	return nil
+}
