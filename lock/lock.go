@@ -78,8 +78,9 @@ func (c *Client) obtain(ctx context.Context, key string, ttl time.Duration, retr
 }
 
 // Lock is a held lock. It refreshes its TTL every third of the TTL until
-// Release; if a refresh fails, the lock is considered lost and Context is
-// cancelled with cause ErrLost.
+// Release. When Redis reports another holder, or no refresh has succeeded
+// for a whole TTL, the lock is lost and Context is cancelled with cause
+// ErrLost.
 type Lock struct {
 	l      *redislock.Lock
 	ttl    time.Duration
@@ -100,16 +101,26 @@ func (l *Lock) keepAlive() {
 	defer close(l.done)
 	t := time.NewTicker(l.ttl / 3)
 	defer t.Stop()
+	// The lock is certainly ours until lastOK+ttl. A failed refresh (a slow
+	// or broken connection) is retried at the next tick; the lock counts as
+	// lost when Redis says another holder has it, or when the TTL has run
+	// out since the last refresh that succeeded.
+	lastOK := time.Now()
 	for {
 		select {
 		case <-l.ctx.Done():
 			return
 		case <-t.C:
-			// Each refresh has until the lock would expire.
+			sent := time.Now()
 			rctx, cancel := context.WithTimeout(l.ctx, l.ttl/2)
 			err := l.l.Refresh(rctx, l.ttl, nil)
 			cancel()
-			if err != nil && l.ctx.Err() == nil {
+			switch {
+			case l.ctx.Err() != nil:
+				return
+			case err == nil:
+				lastOK = sent
+			case errors.Is(err, redislock.ErrNotObtained) || time.Since(lastOK) >= l.ttl:
 				l.cancel(ErrLost)
 				return
 			}

@@ -28,6 +28,12 @@ func TestMain(m *testing.M) {
 
 var quiet = slog.New(slog.DiscardHandler)
 
+func init() {
+	if os.Getenv("TC_DEBUG") != "" {
+		quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+}
+
 // backend is a Redis server a test runs against.
 type backend struct {
 	name string

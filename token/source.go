@@ -332,6 +332,8 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 	if err != nil {
 		return Token{}, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
 	}
+	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
+		slog.Bool("had_token", have), slog.Duration("ttl", sh.TTL))
 	fctx, cancel := context.WithTimeout(lctx, s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
 	cancel()

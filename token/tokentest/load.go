@@ -48,6 +48,14 @@ type LoadConfig struct {
 	Think time.Duration
 	// Upstream, if set, checks every token at the moment it is handed out.
 	Upstream *Upstream
+	// Invalidate makes a caller that got a token the Upstream rejects report
+	// it, as an API client does on WeChat's errcode 40001, if the source has
+	// an Invalidate(ctx, token) method.
+	Invalidate bool
+}
+
+type invalidator interface {
+	Invalidate(ctx context.Context, bad string) error
 }
 
 // Load calls Token from cfg.Goroutines goroutines on each source for
@@ -93,6 +101,9 @@ func Load[S TokenSource](ctx context.Context, srcs []S, cfg LoadConfig) Result {
 						if ok, dead := up.Check(tok.Value); !ok {
 							r.Invalid++
 							r.MaxStale = max(r.MaxStale, dead)
+							if inv, ok := any(s).(invalidator); ok && cfg.Invalidate {
+								_ = inv.Invalidate(ctx, tok.Value)
+							}
 						}
 					}
 					if cfg.Think > 0 {

@@ -1,0 +1,183 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/tokencache/tokencache/lock"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// clients returns a client of miniredis and, if TOKENCACHE_REDIS_ADDR is set,
+// of that real server.
+func clients(t *testing.T) map[string]*redis.Client {
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	cs := map[string]*redis.Client{"miniredis": redis.NewClient(&redis.Options{Addr: mr.Addr()})}
+	if addr := os.Getenv("TOKENCACHE_REDIS_ADDR"); addr != "" {
+		cs["redis"] = redis.NewClient(&redis.Options{Addr: addr})
+	}
+	for _, c := range cs {
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	return cs
+}
+
+func key(t *testing.T) string { return "locktest:" + t.Name() + ":" + time.Now().Format(time.RFC3339Nano) }
+
+func TestTryObtainIsExclusive(t *testing.T) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c, k := lock.New(rdb), key(t)
+			l, err := c.TryObtain(ctx, k, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.TryObtain(ctx, k, time.Second); !errors.Is(err, lock.ErrNotObtained) {
+				t.Fatalf("second TryObtain: %v, want ErrNotObtained", err)
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatalf("second Release: %v", err)
+			}
+			if l.Context().Err() == nil {
+				t.Error("context still live after Release")
+			}
+			l2, err := c.TryObtain(ctx, k, time.Second)
+			if err != nil {
+				t.Fatalf("TryObtain after Release: %v", err)
+			}
+			_ = l2.Release(ctx)
+		})
+	}
+}
+
+func TestKeepAliveOutlivesTTL(t *testing.T) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c, k := lock.New(rdb), key(t)
+			const ttl = 90 * time.Millisecond
+			l, err := c.TryObtain(ctx, k, ttl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Release(ctx)
+			// Hold it for several TTLs: it must not be obtainable meanwhile.
+			deadline := time.Now().Add(5 * ttl)
+			for time.Now().Before(deadline) {
+				if _, err := c.TryObtain(ctx, k, ttl); !errors.Is(err, lock.ErrNotObtained) {
+					t.Fatalf("lock taken while kept alive: %v", err)
+				}
+				time.Sleep(ttl / 4) // sampling over time is the point here
+			}
+			if err := l.Context().Err(); err != nil {
+				t.Fatalf("lock context ended: %v", context.Cause(l.Context()))
+			}
+		})
+	}
+}
+
+func TestLostLockCancelsContext(t *testing.T) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c, k := lock.New(rdb), key(t)
+			l, err := c.TryObtain(ctx, k, 60*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rdb.Set(ctx, k, "someone-else", time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-l.Context().Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("lost lock not noticed")
+			}
+			if cause := context.Cause(l.Context()); !errors.Is(cause, lock.ErrLost) {
+				t.Errorf("cause = %v, want ErrLost", cause)
+			}
+			if err := l.Release(ctx); !errors.Is(err, lock.ErrLost) {
+				t.Errorf("Release = %v, want ErrLost", err)
+			}
+			if v, _ := rdb.Get(ctx, k).Result(); v != "someone-else" {
+				t.Errorf("Release removed another holder's lock")
+			}
+		})
+	}
+}
+
+func TestObtainWaitsWithBackoff(t *testing.T) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c, k := lock.New(rdb), key(t)
+			first, err := c.TryObtain(ctx, k, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			defer cancel()
+			if _, err := c.Obtain(short, k, time.Second, lock.Backoff{}); err == nil {
+				t.Fatal("Obtain succeeded while the lock was held")
+			}
+			got := make(chan error, 1)
+			go func() {
+				l, err := c.Obtain(ctx, k, time.Second, lock.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond})
+				if err == nil {
+					err = l.Release(ctx)
+				}
+				got <- err
+			}()
+			if err := first.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-got; err != nil {
+				t.Fatalf("Obtain after release: %v", err)
+			}
+		})
+	}
+}
+
+func TestTooShortTTL(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	c := lock.New(rdb)
+	if _, err := c.TryObtain(context.Background(), "k", time.Millisecond); err == nil {
+		t.Fatal("1ms TTL accepted")
+	}
+}
+
+func ExampleClient_TryObtain() {
+	mr := miniredis.NewMiniRedis()
+	_ = mr.Start()
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	locks := lock.New(rdb)
+	l, err := locks.TryObtain(context.Background(), "refresh:wechat", 10*time.Second)
+	if errors.Is(err, lock.ErrNotObtained) {
+		return // someone else is refreshing
+	}
+	if err != nil {
+		panic(err)
+	}
+	defer l.Release(context.Background())
+	// Work under l.Context(): it ends if the lock is lost.
+	fmt.Println(l.Key(), l.Context().Err())
+	// Output: refresh:wechat <nil>
+}
