@@ -32,7 +32,9 @@ func clients(t *testing.T) map[string]*redis.Client {
 	return cs
 }
 
-func key(t *testing.T) string { return "locktest:" + t.Name() + ":" + time.Now().Format(time.RFC3339Nano) }
+func key(t *testing.T) string {
+	return "locktest:" + t.Name() + ":" + time.Now().Format(time.RFC3339Nano)
+}
 
 func TestTryObtainIsExclusive(t *testing.T) {
 	for name, rdb := range clients(t) {
