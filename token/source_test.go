@@ -371,3 +371,44 @@ func BenchmarkTokenHot(b *testing.B) {
 		b.Fatalf("%d errors", fails.Load())
 	}
 }
+
+// TestResyncRereads: notifications were lost (a subscription dropped); the
+// store's Resync makes the Source read again instead of serving the replaced
+// token until its refresh-ahead window.
+func TestResyncRereads(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	s := newSource(t, up, st, opts())
+	ctx := context.Background()
+	old, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.SetSilent(true)
+	v, _ := st.NextVersion(ctx)
+	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
+	if err := st.Save(ctx, newer); err != nil {
+		t.Fatal(err)
+	}
+	if tok, _ := s.Token(ctx); tok.Value != old.Value {
+		t.Fatalf("the Source saw a write without a notification")
+	}
+	st.Notify(token.Event{Kind: token.Resync})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tok, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.Value == newer.Value {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Resync did not make the Source read the newer token")
+		}
+		runtime.Gosched() // the re-read runs in the background
+	}
+	if up.Calls() != 1 {
+		t.Errorf("upstream calls = %d, want 1", up.Calls())
+	}
+}

@@ -20,6 +20,28 @@ type Store struct {
 	locked   bool
 	watchers map[*func(token.Event)]struct{}
 	loads    int
+	silent   bool
+}
+
+// SetSilent makes Save and Invalidate notify no one while silent is true, as
+// when a subscription is down and notifications are lost.
+func (s *Store) SetSilent(silent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.silent = silent
+}
+
+// Notify sends ev to every watcher, silent or not.
+func (s *Store) Notify(ev token.Event) {
+	s.mu.Lock()
+	silent := s.silent
+	s.silent = false
+	fns := s.fns()
+	s.silent = silent
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(ev)
+	}
 }
 
 // NewStore returns an empty Store.
@@ -93,6 +115,9 @@ func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
 }
 
 func (s *Store) fns() []func(token.Event) {
+	if s.silent {
+		return nil
+	}
 	fns := make([]func(token.Event), 0, len(s.watchers))
 	for fn := range s.watchers {
 		fns = append(fns, *fn)
