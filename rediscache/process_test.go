@@ -234,6 +234,11 @@ func TestKilledRefresher(t *testing.T) {
 	}
 	killed := time.Now()
 	_ = cmd.Wait()
+	// The killed fetch ends when the server sees the connection close;
+	// only then may the upstream answer again.
+	for up.InFlight() > 0 {
+		time.Sleep(time.Millisecond) // polling the server's state
+	}
 	release()
 
 	o := processOptions(p, lockTTL)

@@ -6,7 +6,7 @@
 //
 //	{<prefix><name>}:token   the token, "1|<version>|<lifetime ms>|<value>", with a TTL
 //	{<prefix><name>}:lock    the refresh lock (package lock)
-//	{<prefix><name>}:fence   a hash: the last version issued and the last written
+//	{<prefix><name>}:fence   a hash: the last version issued, written and invalidated
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
 // can never overwrite a newer token. Every write and invalidation is
@@ -275,23 +275,32 @@ var (
 )
 
 // loadScript reads the token and its remaining lifetime atomically; a key of
-// another type reads as an empty value, which decodes as malformed.
+// another type reads as an empty value, which decodes as malformed. With no
+// token it returns 1 if the last one written was invalidated, else 0.
 var loadScript = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1])
 if type(t) == 'table' then t = t.ok end
-if t == 'none' then return false end
+if t == 'none' then
+  local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
+  if f[1] and f[1] == f[2] then return 1 end
+  return 0
+end
 if t ~= 'string' then return {'', -1} end
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 `)
 
 // Load implements token.Store.
 func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
-	res, err := loadScript.Run(ctx, c.s.rdb, []string{c.token}).Slice()
-	if errors.Is(err, redis.Nil) {
-		return token.Shared{}, token.ErrNotFound
-	}
+	v, err := loadScript.Run(ctx, c.s.rdb, []string{c.token, c.fence}).Result()
 	if err != nil {
 		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w", c.name, err)
+	}
+	res, ok := v.([]any)
+	if !ok || len(res) != 2 {
+		if n, _ := v.(int64); n == 1 {
+			return token.Shared{}, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
+		}
+		return token.Shared{}, token.ErrNotFound
 	}
 	raw, _ := res[0].(string)
 	pttl, _ := res[1].(int64)
@@ -370,13 +379,14 @@ if t ~= 'string' then return 0 end
 local v = redis.call('GET', KEYS[1])
 if string.match(v, '^1|(%d+)|') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'invalidated', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 `)
 
 // Invalidate implements token.Store.
 func (c *Credential) Invalidate(ctx context.Context, version int64) (bool, error) {
-	n, err := invalidateScript.Run(ctx, c.s.rdb, []string{c.token},
+	n, err := invalidateScript.Run(ctx, c.s.rdb, []string{c.token, c.fence},
 		strconv.FormatInt(version, 10), c.s.channel(), formatEvent('i', version, c.name)).Int()
 	if err != nil {
 		return false, fmt.Errorf("rediscache: invalidate %s: %w", c.name, err)

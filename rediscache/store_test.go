@@ -112,8 +112,8 @@ func TestFencedSave(t *testing.T) {
 		if ok, err := c.Invalidate(ctx, v2); !ok || err != nil {
 			t.Fatalf("Invalidate(current) = %v, %v", ok, err)
 		}
-		if _, err := c.Load(ctx); !errors.Is(err, token.ErrNotFound) {
-			t.Fatalf("Load after Invalidate: %v", err)
+		if _, err := c.Load(ctx); !errors.Is(err, token.ErrNotFound) || !errors.Is(err, token.ErrInvalidated) {
+			t.Fatalf("Load after Invalidate: %v, want ErrNotFound and ErrInvalidated", err)
 		}
 		if err := c.Save(ctx, older); !errors.Is(err, token.ErrFenced) {
 			t.Fatalf("late Save after Invalidate err = %v, want ErrFenced", err)

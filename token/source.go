@@ -255,12 +255,12 @@ func (s *Source) run(ctx context.Context) (Token, error) {
 		wake := s.wake
 		s.mu.Unlock()
 
-		sh, have, err := s.load(ctx)
+		r, err := s.load(ctx)
 		if err != nil {
 			return Token{}, err
 		}
-		if have && s.fresh(sh) {
-			return s.adopt(sh, 0), nil
+		if r.have && s.fresh(r.sh) {
+			return s.adopt(r.sh, 0), nil
 		}
 		held, err := s.locker.TryLock(ctx)
 		if err == nil {
@@ -276,11 +276,11 @@ func (s *Source) run(ctx context.Context) (Token, error) {
 		if !errors.Is(err, ErrLocked) {
 			return Token{}, fmt.Errorf("token: %s: lock: %w", s.name, err)
 		}
-		if have {
+		if r.have {
 			// Another instance is refreshing and this token is still
 			// valid: serve it, and look again after a poll interval if no
 			// notification comes first.
-			return s.adopt(sh, s.opts.PollInterval), nil
+			return s.adopt(r.sh, s.opts.PollInterval), nil
 		}
 		timer.Reset(s.opts.PollInterval)
 		select {
@@ -292,22 +292,70 @@ func (s *Source) run(ctx context.Context) (Token, error) {
 	}
 }
 
+// read is what load found.
+type read struct {
+	sh Shared
+	// have: sh is a usable token (valid, not invalidated, not older than
+	// an announced write).
+	have bool
+	// invalidated: the shared token was invalidated and not replaced.
+	invalidated bool
+}
+
 // load reads the store. A missing, unreadable or invalidated token is a miss.
-func (s *Source) load(ctx context.Context) (Shared, bool, error) {
+func (s *Source) load(ctx context.Context) (read, error) {
 	sh, err := s.store.Load(ctx)
 	switch {
 	case err == nil:
+		dead := sh.Version <= s.dead.Load()
 		// A version older than one already announced was read just before
 		// the announced write: it is dead upstream, read again.
-		return sh, sh.TTL > 0 && sh.Version > s.dead.Load() && sh.Version >= s.seen.Load(), nil
+		have := sh.TTL > 0 && !dead && sh.Version >= s.seen.Load()
+		return read{sh: sh, have: have, invalidated: dead}, nil
 	case errors.Is(err, ErrNotFound):
-		return Shared{}, false, nil
+		return read{invalidated: errors.Is(err, ErrInvalidated)}, nil
 	case errors.Is(err, ErrMalformed):
 		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
-		return Shared{}, false, nil
+		return read{}, nil
 	default:
-		return Shared{}, false, fmt.Errorf("token: %s: read shared token: %w", s.name, err)
+		return read{}, fmt.Errorf("token: %s: read shared token: %w", s.name, err)
 	}
+}
+
+// Reason says why a Source fetches a new token. A Fetcher reads it with
+// FetchReason, e.g. to use a costly forced refresh only when the upstream
+// rejected the current token.
+type Reason int
+
+const (
+	// ReasonMissing: there was no shared token (first use, expiry, lost data).
+	ReasonMissing Reason = iota + 1
+	// ReasonExpiring: the shared token entered its refresh-ahead window.
+	ReasonExpiring
+	// ReasonInvalidated: the shared token was reported invalid through
+	// Invalidate.
+	ReasonInvalidated
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonMissing:
+		return "missing"
+	case ReasonExpiring:
+		return "expiring"
+	case ReasonInvalidated:
+		return "invalidated"
+	}
+	return "unknown"
+}
+
+type reasonKey struct{}
+
+// FetchReason returns why the Source that called Fetch with ctx wants a new
+// token, or 0 if ctx does not come from a Source.
+func FetchReason(ctx context.Context) Reason {
+	r, _ := ctx.Value(reasonKey{}).(Reason)
+	return r
 }
 
 // refreshLocked fetches and saves a token while holding the lock. lost
@@ -321,20 +369,27 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 		_ = held.Release(rctx)
 	}()
 	// Another instance may have refreshed between our read and our lock.
-	sh, have, err := s.load(lctx)
+	r, err := s.load(lctx)
 	if err != nil {
 		return Token{}, false, err
 	}
-	if have && s.fresh(sh) {
-		return s.adopt(sh, 0), false, nil
+	if r.have && s.fresh(r.sh) {
+		return s.adopt(r.sh, 0), false, nil
+	}
+	reason := ReasonMissing
+	switch {
+	case r.invalidated || (r.sh.Version > 0 && r.sh.Version <= s.dead.Load()):
+		reason = ReasonInvalidated
+	case r.have:
+		reason = ReasonExpiring
 	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
 		return Token{}, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
 	}
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
-		slog.Bool("had_token", have), slog.Duration("ttl", sh.TTL))
-	fctx, cancel := context.WithTimeout(lctx, s.opts.FetchTimeout)
+		slog.String("reason", reason.String()), slog.Duration("ttl", r.sh.TTL))
+	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
 	cancel()
 	if err != nil {
@@ -344,15 +399,15 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 	if tok.Value == "" || ttl <= 0 {
 		return Token{}, false, fmt.Errorf("token: %s: fetcher returned %v: %w", s.name, tok, ErrInvalidToken)
 	}
-	sh = Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
+	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
 	// The upstream has just invalidated the previous token: serve the new
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	tok = s.adopt(sh, 0)
 	if err := s.store.Save(ctx, sh); err != nil {
 		if errors.Is(err, ErrFenced) {
-			if sh, have, lerr := s.load(ctx); lerr == nil && have {
-				return s.adopt(sh, 0), false, nil
+			if r, lerr := s.load(ctx); lerr == nil && r.have {
+				return s.adopt(r.sh, 0), false, nil
 			}
 		}
 		// The token is good but other instances cannot see it; they will

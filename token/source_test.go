@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -410,5 +411,51 @@ func TestResyncRereads(t *testing.T) {
 	}
 	if up.Calls() != 1 {
 		t.Errorf("upstream calls = %d, want 1", up.Calls())
+	}
+}
+
+// TestFetchReason: the Fetcher learns why it is called, on the instance that
+// invalidated and on another one that refreshes after the invalidation.
+func TestFetchReason(t *testing.T) {
+	const lifetime = 300 * time.Millisecond
+	up := tokentest.New(lifetime)
+	var mu sync.Mutex
+	var reasons []token.Reason
+	f := token.FetcherFunc(func(ctx context.Context) (token.Token, error) {
+		mu.Lock()
+		reasons = append(reasons, token.FetchReason(ctx))
+		mu.Unlock()
+		return up.Fetch(ctx)
+	})
+	st := tokentest.NewStore()
+	a := newSource(t, f, st, opts())
+	b := newSource(t, f, st, opts())
+	ctx := context.Background()
+	first, err := a.Token(ctx) // missing
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Invalidate(ctx, first.Value); err != nil { // invalidated
+		t.Fatal(err)
+	}
+	second, err := b.Token(ctx)
+	if err != nil || second.Value == first.Value {
+		t.Fatalf("Token after Invalidate = %v, %v", second, err)
+	}
+	// Wait for a routine refresh (expiring).
+	for up.Issued() < 3 {
+		if _, err := b.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // callers at a steady pace
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []token.Reason{token.ReasonMissing, token.ReasonInvalidated, token.ReasonExpiring}
+	if !slices.Equal(reasons[:3], want) {
+		t.Errorf("reasons = %v, want %v", reasons, want)
+	}
+	if token.FetchReason(ctx) != 0 {
+		t.Error("FetchReason of a plain context is not 0")
 	}
 }

@@ -11,6 +11,9 @@ import (
 var (
 	// ErrNotFound means the store holds no token for the credential.
 	ErrNotFound = errors.New("token: no shared token")
+	// ErrInvalidated accompanies ErrNotFound when the store's last token
+	// was removed by Invalidate and nothing newer was written since.
+	ErrInvalidated = errors.New("token: shared token was invalidated")
 	// ErrMalformed means the stored value could not be decoded. A Source
 	// treats it as a miss and overwrites the value on the next refresh.
 	ErrMalformed = errors.New("token: malformed shared value")
@@ -60,7 +63,8 @@ type Event struct {
 // single clock (the store's), so that instances never compare their own
 // clocks with each other's.
 type Store interface {
-	// Load returns the stored token, ErrNotFound if there is none, or an
+	// Load returns the stored token, ErrNotFound if there is none (wrapped
+	// together with ErrInvalidated if the last one was invalidated), or an
 	// error wrapping ErrMalformed if the stored value cannot be decoded.
 	Load(ctx context.Context) (Shared, error)
 	// NextVersion returns a fencing version greater than any returned before.

@@ -2,6 +2,7 @@ package tokentest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ type Store struct {
 	watchers map[*func(token.Event)]struct{}
 	loads    int
 	silent   bool
+	killed   int64 // last version invalidated
 }
 
 // SetSilent makes Save and Invalidate notify no one while silent is true, as
@@ -66,6 +68,9 @@ func (s *Store) Load(ctx context.Context) (token.Shared, error) {
 	s.loads++
 	ttl := time.Until(s.expires)
 	if s.sh.Value == "" || ttl <= 0 {
+		if s.killed > 0 && s.killed == s.written {
+			return token.Shared{}, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
+		}
 		return token.Shared{}, token.ErrNotFound
 	}
 	sh := s.sh
@@ -106,6 +111,7 @@ func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
 		return false, nil
 	}
 	s.sh = token.Shared{}
+	s.killed = version
 	fns := s.fns()
 	s.mu.Unlock()
 	for _, fn := range fns {

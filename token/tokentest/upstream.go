@@ -38,6 +38,7 @@ type Upstream struct {
 	TokenLen int
 
 	mu       sync.RWMutex
+	inflight int
 	calls    int
 	issued   []time.Time
 	tokens   map[string]*issue
@@ -62,8 +63,14 @@ func New(lifetime time.Duration) *Upstream {
 // that measures from the moment it sent its request would.
 func (u *Upstream) Fetch(ctx context.Context) (token.Token, error) {
 	start := time.Now()
+	defer func() {
+		u.mu.Lock()
+		u.inflight--
+		u.mu.Unlock()
+	}()
 	u.mu.Lock()
 	u.calls++
+	u.inflight++
 	hold, entered := u.hold, u.entered
 	var fail error
 	if len(u.failures) > 0 {
@@ -163,6 +170,13 @@ func (u *Upstream) ValidUntil(v string) (end time.Time, ok bool) {
 		end = t.replaced.Add(u.Grace)
 	}
 	return end, true
+}
+
+// InFlight returns how many Fetch calls are under way.
+func (u *Upstream) InFlight() int {
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	return u.inflight
 }
 
 // Calls returns how many times Fetch was called, failures included.
