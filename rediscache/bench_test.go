@@ -16,18 +16,18 @@ import (
 // miniredis.
 func benchBackend(b *testing.B) backend {
 	if addr := os.Getenv(realRedisEnv); addr != "" {
-		return backend{name: "redis", addr: addr}
+		return backend{Name: "redis", Addr: addr}
 	}
 	mr := miniredis.RunT(b)
 	mr.ClockTTL(true)
-	return backend{name: "miniredis", addr: mr.Addr(), mr: mr}
+	return backend{Name: "miniredis", Addr: mr.Addr(), Mini: mr}
 }
 
 // BenchmarkTokenHot measures Token on a Redis-backed Source in steady state
 // and reports the Redis commands it sent per call (target 0).
 func BenchmarkTokenHot(b *testing.B) {
 	be := benchBackend(b)
-	rdb := be.client(b)
+	rdb := be.Client(b)
 	var n counter
 	rdb.AddHook(&n)
 	src, err := rediscache.New(rdb, testOptions(prefix(b))).Source("c", newUpstream(time.Hour))

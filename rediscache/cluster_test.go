@@ -59,7 +59,7 @@ func instances(t *testing.T, b backend, n int, f token.Fetcher, o rediscache.Opt
 	t.Helper()
 	var srcs []*token.Source
 	for range n {
-		s, err := rediscache.New(b.client(t), o).Source("c", f)
+		s, err := rediscache.New(b.Client(t), o).Source("c", f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestOneFetchPerLifetime(t *testing.T) {
 			oi := o
 			f, now := skewed(up, skew)
 			oi.Source.Now = now
-			s, err := rediscache.New(b.client(t), oi).Source("c", f)
+			s, err := rediscache.New(b.Client(t), oi).Source("c", f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -254,7 +254,7 @@ func TestLateRefresherIsFenced(t *testing.T) {
 		ctx := context.Background()
 		p := prefix(t)
 		o := testOptions(p)
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		up := newUpstream(time.Hour)
 		st := rediscache.New(rdb, o)
 		c, _ := st.Credential("c")
@@ -309,7 +309,7 @@ func TestLostLockStopsFetch(t *testing.T) {
 		p := prefix(t)
 		o := testOptions(p)
 		o.LockTTL = 150 * time.Millisecond
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		up := newUpstream(time.Hour)
 		entered := make(chan struct{})
 		var once sync.Once
@@ -354,7 +354,7 @@ func TestLostLockStopsFetch(t *testing.T) {
 // TestSteadyStateSendsNoCommands counts Redis commands with a go-redis hook.
 func TestSteadyStateSendsNoCommands(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		var n counter
 		rdb.AddHook(&n)
 		src, err := rediscache.New(rdb, testOptions(prefix(t))).Source("c", newUpstream(time.Hour))
@@ -402,7 +402,7 @@ func TestWaitersWakeOnNotification(t *testing.T) {
 // lock, writes a token and returns the time from the write to the last
 // waiter's return.
 func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waiters int) (time.Duration, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: b.addr})
+	rdb := redis.NewClient(&redis.Options{Addr: b.Addr})
 	defer rdb.Close()
 	c, _ := rediscache.New(rdb, o).Credential("c")
 	held, err := c.TryLock(ctx)
@@ -415,7 +415,7 @@ func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waite
 	var cmds []*counter
 	var ready sync.WaitGroup
 	for range n {
-		cl := redis.NewClient(&redis.Options{Addr: b.addr})
+		cl := redis.NewClient(&redis.Options{Addr: b.Addr})
 		defer cl.Close()
 		cnt := new(counter)
 		cl.AddHook(cnt)

@@ -140,6 +140,9 @@ func validName(name string) error {
 	return nil
 }
 
+// Prefix returns the key prefix, with its default filled in.
+func (s *Store) Prefix() string { return s.opts.Prefix }
+
 func (s *Store) channel() string { return s.opts.Prefix + "events" }
 
 // watch registers fn for name's events, opening the subscription with the

@@ -27,7 +27,7 @@ func TestNameValidation(t *testing.T) {
 
 func TestKeysShareOneHashTag(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		p := prefix(t)
 		st := rediscache.New(rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
 		c, err := st.Credential("wechat:wx1")
@@ -58,7 +58,7 @@ func TestKeysShareOneHashTag(t *testing.T) {
 		if len(want) > 0 {
 			t.Errorf("missing keys %v (have %v)", want, keys)
 		}
-		if b.mr == nil {
+		if b.Mini == nil {
 			slots := map[int64]bool{}
 			for _, k := range []string{"{" + p + "wechat:wx1}:token", "{" + p + "wechat:wx1}:lock", "{" + p + "wechat:wx1}:fence"} {
 				s, err := rdb.ClusterKeySlot(ctx, k).Result()
@@ -79,7 +79,7 @@ func TestKeysShareOneHashTag(t *testing.T) {
 func TestFencedSave(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		st := rediscache.New(b.client(t), rediscache.Options{Prefix: prefix(t)})
+		st := rediscache.New(b.Client(t), rediscache.Options{Prefix: prefix(t)})
 		c, _ := st.Credential("c")
 		v1, err := c.NextVersion(ctx)
 		if err != nil {
@@ -126,7 +126,7 @@ func TestFencedSave(t *testing.T) {
 func TestVersionsSurviveFlush(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		p := prefix(t)
 		c, _ := rediscache.New(rdb, rediscache.Options{Prefix: p}).Credential("c")
 		old, err := c.NextVersion(ctx)
@@ -136,9 +136,9 @@ func TestVersionsSurviveFlush(t *testing.T) {
 		if err := rdb.Del(ctx, "{"+p+"c}:fence").Err(); err != nil {
 			t.Fatal(err)
 		}
-		if b.mr != nil {
-			b.mr.SetTime(time.Now().Add(time.Second))
-			defer b.mr.SetTime(time.Time{})
+		if b.Mini != nil {
+			b.Mini.SetTime(time.Now().Add(time.Second))
+			defer b.Mini.SetTime(time.Time{})
 		} else {
 			time.Sleep(2 * time.Millisecond) // the server clock must tick past the old version
 		}
@@ -155,7 +155,7 @@ func TestVersionsSurviveFlush(t *testing.T) {
 func TestMalformedValueIsAMiss(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		p := prefix(t)
 		key := "{" + p + "c}:token"
 		for _, tc := range []struct {
@@ -200,6 +200,44 @@ func TestMalformedValueIsAMiss(t *testing.T) {
 					t.Errorf("no warning logged: %s", logs.String())
 				}
 			})
+		}
+	})
+}
+
+func TestLimiter(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		st := rediscache.New(b.Client(t), rediscache.Options{Prefix: prefix(t)})
+		l, err := st.Limiter("wechat:wx1", "force_refresh", rediscache.Limit{PerDay: 3, Every: 40 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another instance's Limiter shares the count.
+		other, _ := rediscache.New(b.Client(t), rediscache.Options{Prefix: st.Prefix()}).Limiter("wechat:wx1", "force_refresh", rediscache.Limit{PerDay: 3, Every: 40 * time.Millisecond})
+		allowed := 0
+		deadline := time.Now().Add(500 * time.Millisecond)
+		var last time.Time
+		for time.Now().Before(deadline) {
+			for _, lim := range []*rediscache.Limiter{l, other} {
+				ok, err := lim.Allow(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok {
+					if !last.IsZero() && time.Since(last) < 35*time.Millisecond {
+						t.Errorf("allowed %v after the previous one", time.Since(last))
+					}
+					last = time.Now()
+					allowed++
+				}
+			}
+			time.Sleep(5 * time.Millisecond) // callers over time
+		}
+		if allowed != 3 {
+			t.Errorf("allowed %d times, want 3 (the daily limit)", allowed)
+		}
+		if _, err := st.Limiter("x", "a b", rediscache.Limit{PerDay: 1}); err == nil {
+			t.Error("bad action name accepted")
 		}
 	})
 }

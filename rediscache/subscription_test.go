@@ -16,7 +16,7 @@ import (
 func TestOneSubscriptionForManyCredentials(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.client(t)
+		rdb := b.Client(t)
 		p := prefix(t)
 		store := rediscache.New(rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
 		const n = 2000
@@ -37,7 +37,7 @@ func TestOneSubscriptionForManyCredentials(t *testing.T) {
 			})
 			defer stop()
 		}
-		other := b.client(t)
+		other := b.Client(t)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			subs, err := other.PubSubNumSub(ctx, p+"events").Result()
