@@ -107,7 +107,7 @@ func (e *entry) valid() bool { return e != nil && time.Now().Before(e.deadline) 
 // call is one in-process refresh that any number of callers wait for.
 type call struct {
 	done chan struct{}
-	tok  Token
+	e    *entry // set if err is nil
 	err  error
 }
 
@@ -185,23 +185,29 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		}
 		return e.tok, nil
 	}
-	c, err := s.refresh()
-	if err != nil {
-		return Token{}, err
-	}
-	select {
-	case <-c.done:
-		if c.err == nil {
-			return c.tok, nil
+	for {
+		c, err := s.refresh()
+		if err != nil {
+			return Token{}, err
 		}
-		if valid && e.valid() && e.version > s.dead.Load() {
-			// Superseded by a newer token we could not read: the old one
-			// is still the best we have.
-			return e.tok, nil
+		select {
+		case <-c.done:
+			if c.err == nil {
+				if c.e != nil && c.e.version > s.dead.Load() {
+					return c.e.tok, nil
+				}
+				// Invalidated while that refresh ran: wait for the next.
+				continue
+			}
+			if valid && e.valid() && e.version > s.dead.Load() {
+				// Superseded by a newer token we could not read: the old
+				// one is still the best we have.
+				return e.tok, nil
+			}
+			return Token{}, c.err
+		case <-ctx.Done():
+			return Token{}, fmt.Errorf("token: %s: waiting for a token: %w", s.name, context.Cause(ctx))
 		}
-		return Token{}, c.err
-	case <-ctx.Done():
-		return Token{}, fmt.Errorf("token: %s: waiting for a token: %w", s.name, context.Cause(ctx))
 	}
 }
 
@@ -226,7 +232,7 @@ func (s *Source) startLocked() *call {
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(s.ctx, s.opts.WaitTimeout)
-		c.tok, c.err = s.run(ctx)
+		c.e, c.err = s.run(ctx)
 		cancel()
 		if c.err != nil && s.ctx.Err() == nil {
 			s.log.Warn("tokencache: refresh failed", slog.Any("error", c.err))
@@ -247,7 +253,7 @@ func (s *Source) startLocked() *call {
 
 // run is one refresh: read the store; if the token is not fresh, become the
 // refresher or wait for the one that is.
-func (s *Source) run(ctx context.Context) (Token, error) {
+func (s *Source) run(ctx context.Context) (*entry, error) {
 	timer := time.NewTimer(s.opts.PollInterval)
 	defer timer.Stop()
 	for {
@@ -257,37 +263,43 @@ func (s *Source) run(ctx context.Context) (Token, error) {
 
 		r, err := s.load(ctx)
 		if err != nil {
-			return Token{}, err
+			return nil, err
 		}
 		if r.have && s.fresh(r.sh) {
-			return s.adopt(r.sh, 0), nil
+			if e := s.adopt(r.sh, 0); e != nil {
+				return e, nil
+			}
+			continue // invalidated meanwhile
 		}
 		held, err := s.locker.TryLock(ctx)
 		if err == nil {
-			tok, lost, err := s.refreshLocked(ctx, held)
+			e, lost, err := s.refreshLocked(ctx, held)
 			if lost {
 				// We lost the lock mid-refresh, so another instance may
 				// have taken over: read again and wait for it.
 				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", slog.Any("error", err))
 				continue
 			}
-			return tok, err
+			return e, err
 		}
 		if !errors.Is(err, ErrLocked) {
-			return Token{}, fmt.Errorf("token: %s: lock: %w", s.name, err)
+			return nil, fmt.Errorf("token: %s: lock: %w", s.name, err)
 		}
 		if r.have {
 			// Another instance is refreshing and this token is still
 			// valid: serve it, and look again after a poll interval if no
 			// notification comes first.
-			return s.adopt(r.sh, s.opts.PollInterval), nil
+			if e := s.adopt(r.sh, s.opts.PollInterval); e != nil {
+				return e, nil
+			}
+			continue // invalidated meanwhile
 		}
 		timer.Reset(s.opts.PollInterval)
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
-			return Token{}, fmt.Errorf("token: %s: waiting for another instance's refresh: %w", s.name, context.Cause(ctx))
+			return nil, fmt.Errorf("token: %s: waiting for another instance's refresh: %w", s.name, context.Cause(ctx))
 		}
 	}
 }
@@ -360,7 +372,7 @@ func FetchReason(ctx context.Context) Reason {
 
 // refreshLocked fetches and saves a token while holding the lock. lost
 // reports a failure because the lock was lost.
-func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bool, err error) {
+func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost bool, err error) {
 	lctx := held.Context()
 	defer func() {
 		lost = err != nil && lctx.Err() != nil && ctx.Err() == nil
@@ -371,10 +383,12 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 	// Another instance may have refreshed between our read and our lock.
 	r, err := s.load(lctx)
 	if err != nil {
-		return Token{}, false, err
+		return nil, false, err
 	}
 	if r.have && s.fresh(r.sh) {
-		return s.adopt(r.sh, 0), false, nil
+		if e := s.adopt(r.sh, 0); e != nil {
+			return e, false, nil
+		}
 	}
 	reason := ReasonMissing
 	switch {
@@ -385,7 +399,7 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
-		return Token{}, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
+		return nil, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
 	}
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
 		slog.String("reason", reason.String()), slog.Duration("ttl", r.sh.TTL))
@@ -393,28 +407,30 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ Token, lost bo
 	tok, err := s.fetch(fctx)
 	cancel()
 	if err != nil {
-		return Token{}, false, fmt.Errorf("token: %s: fetch: %w", s.name, err)
+		return nil, false, fmt.Errorf("token: %s: fetch: %w", s.name, err)
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())
 	if tok.Value == "" || ttl <= 0 {
-		return Token{}, false, fmt.Errorf("token: %s: fetcher returned %v: %w", s.name, tok, ErrInvalidToken)
+		return nil, false, fmt.Errorf("token: %s: fetcher returned %v: %w", s.name, tok, ErrInvalidToken)
 	}
 	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
 	// The upstream has just invalidated the previous token: serve the new
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
-	tok = s.adopt(sh, 0)
+	e := s.adopt(sh, 0)
 	if err := s.store.Save(ctx, sh); err != nil {
 		if errors.Is(err, ErrFenced) {
 			if r, lerr := s.load(ctx); lerr == nil && r.have {
-				return s.adopt(r.sh, 0), false, nil
+				if e := s.adopt(r.sh, 0); e != nil {
+					return e, false, nil
+				}
 			}
 		}
 		// The token is good but other instances cannot see it; they will
 		// refresh on their own.
 		s.log.Warn("tokencache: could not share the new token", slog.Any("error", err))
 	}
-	return tok, false, nil
+	return e, false, nil
 }
 
 // ErrInvalidToken is returned when a Fetcher returns an empty or expired
@@ -445,9 +461,13 @@ func (s *Source) fresh(sh Shared) bool {
 	return sh.TTL > s.opts.window(sh.Lifetime)
 }
 
-// adopt makes sh the near-cached token. The entry turns stale at the start of
-// its refresh-ahead window, or after recheck if that is set.
-func (s *Source) adopt(sh Shared, recheck time.Duration) Token {
+// adopt makes sh the near-cached token and returns its entry, or nil if sh
+// was invalidated meanwhile. The entry turns stale at the start of its
+// refresh-ahead window, or after recheck if that is set.
+func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
+	if sh.Version <= s.dead.Load() {
+		return nil
+	}
 	e := &entry{
 		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
 		version:  sh.Version,
@@ -465,7 +485,13 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) Token {
 	if old := s.cur.Swap(e); old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
-	return e.tok
+	if sh.Version <= s.dead.Load() {
+		// Invalidated while we installed it: Invalidate may have missed
+		// this entry, so mark it.
+		e.state.Store(stateSuperseded)
+		return nil
+	}
+	return e
 }
 
 // onEvent reacts to a change announced by the store.

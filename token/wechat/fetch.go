@@ -78,11 +78,13 @@ type StableTokenFetcher struct {
 	HTTPClient *http.Client
 }
 
-// Limits of the stable token's force_refresh, and the time zone WeChat counts
-// days in.
+// Limits of the stable token's force_refresh (20 a day, 30 s apart; the
+// interval has a second of margin, since WeChat's clock is not ours and a
+// force refresh too soon is silently ignored), and the time zone WeChat
+// counts days in.
 const (
 	ForceRefreshPerDay   = 20
-	ForceRefreshInterval = 30 * time.Second
+	ForceRefreshInterval = 31 * time.Second
 	DayOffset            = 8 * time.Hour // UTC+8
 )
 

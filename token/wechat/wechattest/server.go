@@ -48,7 +48,7 @@ type Options struct {
 // Credentials the server accepts by default.
 const (
 	DefaultAppID  = "wx0123456789abcdef"
-	DefaultSecret = "s3cr3t-0123456789abcdef0123456789"
+	DefaultSecret = "TestAppSecret-9f8e7d6c5b4a3928170605"
 )
 
 // Failure is a fault injected with FailNext.
@@ -77,6 +77,8 @@ const (
 	EndpointTicket      = "getticket"
 	EndpointAPI         = "api"        // get_api_domain_ip and media/get
 	EndpointAPIRejected = "api_reject" // API calls rejected for their token
+	EndpointAPI40001    = "api_40001"  // ...with 40001: replaced (or unknown) token
+	EndpointAPI42001    = "api_42001"  // ...with 42001: expired token
 )
 
 // Server is a running fake WeChat.
@@ -397,6 +399,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 	s.counts[EndpointAPI]++
 	if code, msg := s.checkLocked(r.URL.Query().Get("access_token"), time.Now()); code != 0 {
 		s.counts[EndpointAPIRejected]++
+		s.counts[fmt.Sprintf("api_%d", code)]++
 		errReply(w, code, msg)
 		return false
 	}
