@@ -36,6 +36,25 @@ func (b *syncBuffer) String() string {
 	return string(b.b)
 }
 
+// numSub counts the subscribers of channel, on every node of a cluster.
+func numSub(ctx context.Context, rdb redis.UniversalClient, channel string) (int64, error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		m, err := rdb.PubSubNumSub(ctx, channel).Result()
+		return m[channel], err
+	}
+	var mu sync.Mutex
+	var total int64
+	err := cc.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+		m, err := node.PubSubNumSub(ctx, channel).Result()
+		mu.Lock()
+		total += m[channel]
+		mu.Unlock()
+		return err
+	})
+	return total, err
+}
+
 func jsonLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewJSONHandler(w, nil)) }
 
 // testOptions are fast settings for tests: short polls and lock TTLs.
@@ -406,7 +425,7 @@ func TestWaitersWakeOnNotification(t *testing.T) {
 // lock, writes a token and returns the time from the write to the last
 // waiter's return.
 func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waiters int) (time.Duration, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: b.Addr})
+	rdb := b.Universal()
 	defer rdb.Close()
 	c, _ := rediscache.New(rdb, o).Credential("c")
 	held, err := c.TryLock(ctx)
@@ -419,7 +438,7 @@ func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waite
 	var cmds []*counter
 	var ready sync.WaitGroup
 	for range n {
-		cl := redis.NewClient(&redis.Options{Addr: b.Addr})
+		cl := b.Universal()
 		defer cl.Close()
 		cnt := new(counter)
 		cl.AddHook(cnt)
@@ -460,11 +479,11 @@ func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waite
 	}
 	// ...and is subscribed, so that the write is heard.
 	for {
-		subs, err := rdb.PubSubNumSub(ctx, o.Prefix+"events").Result()
+		subs, err := numSub(ctx, rdb, o.Prefix+"events")
 		if err != nil {
 			return 0, err
 		}
-		if subs[o.Prefix+"events"] >= int64(n) {
+		if subs >= int64(n) {
 			break
 		}
 		time.Sleep(time.Millisecond) // polling server state

@@ -42,28 +42,19 @@ func TestKeysShareOneHashTag(t *testing.T) {
 		if err := c.Save(ctx, token.Shared{Value: "tokenvalue-0123456789", Version: v, TTL: time.Minute, Lifetime: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
-		keys, err := rdb.Keys(ctx, p+"*").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys2, _ := rdb.Keys(ctx, "{"+p+"*").Result()
-		keys = append(keys, keys2...)
-		want := map[string]bool{"{" + p + "wechat:wx1}:token": true, "{" + p + "wechat:wx1}:fence": true}
-		for _, k := range keys {
-			if !want[k] {
-				t.Errorf("unexpected key %q", k)
+		tag := "{" + p + "wechat:wx1}"
+		for k, want := range map[string]int64{tag + ":token": 1, tag + ":fence": 1, tag + ":lock": 0} {
+			if n, err := rdb.Exists(ctx, k).Result(); err != nil || n != want {
+				t.Errorf("EXISTS %s = %d, %v; want %d", k, n, err, want)
 			}
-			delete(want, k)
-		}
-		if len(want) > 0 {
-			t.Errorf("missing keys %v (have %v)", want, keys)
 		}
 		if b.Mini == nil {
 			slots := map[int64]bool{}
 			for _, k := range []string{"{" + p + "wechat:wx1}:token", "{" + p + "wechat:wx1}:lock", "{" + p + "wechat:wx1}:fence"} {
 				s, err := rdb.ClusterKeySlot(ctx, k).Result()
 				if err != nil {
-					t.Skipf("CLUSTER KEYSLOT: %v", err)
+					t.Logf("CLUSTER KEYSLOT: %v (not a cluster)", err)
+					return
 				}
 				slots[s] = true
 			}

@@ -1,6 +1,7 @@
 // Package redistest gives tests the Redis servers to run against: an
-// embedded miniredis always, and the real server named by
-// TOKENCACHE_REDIS_ADDR when it is set (.ci/run starts one).
+// embedded miniredis always, and the real topologies that
+// scripts/redis-topology.sh starts (and .ci/run sets) when their variables
+// are set: a standalone server, a Cluster, a Sentinel-managed primary.
 package redistest
 
 import (
@@ -14,19 +15,34 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Env names a real Redis server (host:port) for the tests that need one.
-const Env = "TOKENCACHE_REDIS_ADDR"
+// Environment variables naming real servers.
+const (
+	// Env is a standalone server, host:port.
+	Env = "TOKENCACHE_REDIS_ADDR"
+	// ClusterEnv is a Redis Cluster, comma-separated host:port of its nodes.
+	ClusterEnv = "TOKENCACHE_REDIS_CLUSTER"
+	// SentinelEnv lists sentinels (host:port, comma-separated) watching
+	// the primary named by SentinelMasterEnv.
+	SentinelEnv       = "TOKENCACHE_REDIS_SENTINEL"
+	SentinelMasterEnv = "TOKENCACHE_REDIS_SENTINEL_MASTER"
+)
 
-// Backend is a Redis server a test runs against.
+// Backend is a Redis server or topology a test runs against.
 type Backend struct {
 	Name string
+	// Addr is the server of a standalone backend (miniredis or real).
 	Addr string
 	// Mini is the embedded server, nil for a real one.
 	Mini *miniredis.Miniredis
+	// Cluster holds the node addresses of a Redis Cluster.
+	Cluster []string
+	// Sentinels and Master name a Sentinel-managed primary.
+	Sentinels []string
+	Master    string
 }
 
 // Backends returns miniredis, with TTLs that count down on the wall clock, and
-// the real server named by Env if it is set.
+// every real topology whose variables are set.
 func Backends(t testing.TB) []Backend {
 	t.Helper()
 	mr := miniredis.RunT(t)
@@ -34,10 +50,40 @@ func Backends(t testing.TB) []Backend {
 	bs := []Backend{{Name: "miniredis", Addr: mr.Addr(), Mini: mr}}
 	if addr := os.Getenv(Env); addr != "" {
 		bs = append(bs, Backend{Name: "redis", Addr: addr})
-	} else {
-		t.Logf("%s is not set: running against miniredis only", Env)
+	}
+	if nodes := os.Getenv(ClusterEnv); nodes != "" {
+		bs = append(bs, Backend{Name: "cluster", Cluster: strings.Split(nodes, ",")})
+	}
+	if b, ok := SentinelBackend(); ok {
+		bs = append(bs, b)
+	}
+	if len(bs) == 1 {
+		t.Logf("%s, %s and %s are not set: running against miniredis only (scripts/redis-topology.sh starts real servers)", Env, ClusterEnv, SentinelEnv)
 	}
 	return bs
+}
+
+// SentinelBackend returns the Sentinel topology if its variables are set.
+func SentinelBackend() (Backend, bool) {
+	s, m := os.Getenv(SentinelEnv), os.Getenv(SentinelMasterEnv)
+	if s == "" || m == "" {
+		return Backend{}, false
+	}
+	return Backend{Name: "sentinel", Sentinels: strings.Split(s, ","), Master: m}, true
+}
+
+// IsCluster reports whether b is a Redis Cluster.
+func (b Backend) IsCluster() bool { return len(b.Cluster) > 0 }
+
+// Universal returns a new client of b; the caller closes it.
+func (b Backend) Universal() redis.UniversalClient {
+	switch {
+	case len(b.Cluster) > 0:
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: b.Cluster})
+	case len(b.Sentinels) > 0:
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: b.Master, SentinelAddrs: b.Sentinels})
+	}
+	return redis.NewClient(&redis.Options{Addr: b.Addr})
 }
 
 // ForEach runs fn as a subtest on every backend.
@@ -58,7 +104,11 @@ func Real(t testing.TB) string {
 }
 
 // Client returns a new client of b, closed when the test ends.
-func (b Backend) Client(t testing.TB) *redis.Client { return NewClient(t, b.Addr) }
+func (b Backend) Client(t testing.TB) redis.UniversalClient {
+	c := b.Universal()
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
 
 // NewClient returns a new client of addr, closed when the test ends.
 func NewClient(t testing.TB, addr string) *redis.Client {
