@@ -37,6 +37,8 @@ type childReport struct {
 	// LastSeen maps each token the child handed out to the last time it did
 	// (Unix nanoseconds; all processes share one clock).
 	LastSeen map[string]int64
+	// FirstSeen maps each token to the first time the child handed it out.
+	FirstSeen map[string]int64
 }
 
 func processOptions(p string, lockTTL time.Duration) rediscache.Options {
@@ -67,14 +69,14 @@ func childMain() int {
 	case "load":
 		d, _ := time.ParseDuration(os.Getenv(childDuration))
 		g, _ := strconv.Atoi(os.Getenv(childWorkers))
-		rep := childReport{LastSeen: map[string]int64{}}
+		rep := childReport{LastSeen: map[string]int64{}, FirstSeen: map[string]int64{}}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		lctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
 		for range g {
 			wg.Go(func() {
-				seen := map[string]int64{}
+				seen, firstSeen := map[string]int64{}, map[string]int64{}
 				var calls, errs int64
 				var first error
 				for lctx.Err() == nil {
@@ -87,7 +89,11 @@ func childMain() int {
 						}
 						continue
 					}
-					seen[tok.Value] = time.Now().UnixNano()
+					now := time.Now().UnixNano()
+					seen[tok.Value] = now
+					if _, ok := firstSeen[tok.Value]; !ok {
+						firstSeen[tok.Value] = now
+					}
 					time.Sleep(200 * time.Microsecond) // a caller's work with the token
 				}
 				mu.Lock()
@@ -99,6 +105,11 @@ func childMain() int {
 				}
 				for k, v := range seen {
 					rep.LastSeen[k] = max(rep.LastSeen[k], v)
+				}
+				for k, v := range firstSeen {
+					if f, ok := rep.FirstSeen[k]; !ok || v < f {
+						rep.FirstSeen[k] = v
+					}
 				}
 			})
 		}

@@ -41,6 +41,7 @@ type Upstream struct {
 	inflight int
 	calls    int
 	issued   []time.Time
+	values   []string
 	tokens   map[string]*issue
 	current  *issue
 	failures []error
@@ -118,6 +119,7 @@ func (u *Upstream) Fetch(ctx context.Context) (token.Token, error) {
 	u.current = &issue{expires: now.Add(lifetime)}
 	u.tokens[v] = u.current
 	u.issued = append(u.issued, now)
+	u.values = append(u.values, v)
 	return token.Token{Value: v, ExpiresAt: start.Add(lifetime)}, nil
 }
 
@@ -198,6 +200,13 @@ func (u *Upstream) IssueTimes() []time.Time {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return append([]time.Time(nil), u.issued...)
+}
+
+// Tokens returns the issued tokens, oldest first.
+func (u *Upstream) Tokens() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.values...)
 }
 
 // FailNext makes the next len(errs) fetches fail with those errors; a nil

@@ -1,0 +1,173 @@
+package rediscache_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http/httptest"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisProcess is a redis-server the test starts, stops and restarts itself.
+type redisProcess struct {
+	t    *testing.T
+	port int
+	cmd  *exec.Cmd
+}
+
+func startRedis(t *testing.T) *redisProcess {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("needs redis-server on PATH")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	r := &redisProcess{t: t, port: port}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *redisProcess) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
+
+func (r *redisProcess) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
+		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: r.addr()})
+	defer c.Close()
+	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
+		if time.Now().After(deadline) {
+			r.t.Fatal("redis-server did not start")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the server's start
+	}
+}
+
+func (r *redisProcess) stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}
+}
+
+// TestProcessFaults runs 3 OS processes × 16 goroutines against a Redis of the
+// test's own and an upstream over HTTP, and injects one fault per subtest in
+// the middle of the run. Each fault costs at most one extra fetch and no
+// caller error, and no process keeps serving a dead token.
+func TestProcessFaults(t *testing.T) {
+	realRedis(t) // runs with the real-Redis tests
+	ctx := context.Background()
+	for _, fault := range []struct {
+		name   string
+		inject func(t *testing.T, r *redisProcess, admin *redis.Client)
+	}{
+		{"restart without data", func(t *testing.T, r *redisProcess, admin *redis.Client) {
+			_ = admin.ShutdownNoSave(ctx).Err() // the connection drops: no reply
+			_ = r.cmd.Wait()
+			r.cmd = nil
+			r.start()
+		}},
+		{"FLUSHALL", func(t *testing.T, r *redisProcess, admin *redis.Client) {
+			if err := admin.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"pubsub connections killed", func(t *testing.T, r *redisProcess, admin *redis.Client) {
+			n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
+			if err != nil || n == 0 {
+				t.Fatalf("CLIENT KILL TYPE pubsub: %d, %v", n, err)
+			}
+		}},
+	} {
+		t.Run(fault.name, func(t *testing.T) {
+			r := startRedis(t)
+			admin := newClient(t, r.addr())
+			const lifetime = 2 * time.Second
+			up := newUpstream(lifetime)
+			srv := httptest.NewServer(up)
+			defer srv.Close()
+			p := prefix(t)
+			d := 7 * time.Second
+			var outs []*bufio.Reader
+			var cmds []*exec.Cmd
+			start := time.Now()
+			for range 3 {
+				cmd := child(t, ctx, "load", p, srv.URL, time.Second,
+					childDuration+"="+d.String(), childWorkers+"=16", realRedisEnv+"="+r.addr())
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				cmds, outs = append(cmds, cmd), append(outs, bufio.NewReader(out))
+			}
+			time.Sleep(lifetime + lifetime/4) // into the second token's life, on purpose
+			injected := time.Now()
+			fault.inject(t, r, admin)
+
+			var errs int64
+			var maxStale time.Duration
+			first := map[string]time.Time{}
+			for i, cmd := range cmds {
+				var rep childReport
+				if err := json.NewDecoder(outs[i]).Decode(&rep); err != nil {
+					t.Fatalf("child %d: %v", i, err)
+				}
+				if err := cmd.Wait(); err != nil {
+					t.Fatalf("child %d: %v", i, err)
+				}
+				errs += rep.Errors
+				if rep.Errors > 0 {
+					t.Errorf("child %d: %d errors, first: %s", i, rep.Errors, rep.FirstErr)
+				}
+				for v, last := range rep.LastSeen {
+					if end, ok := up.ValidUntil(v); ok {
+						maxStale = max(maxStale, time.Unix(0, last).Sub(end))
+					}
+					// The last child to start serving a token.
+					if f := time.Unix(0, rep.FirstSeen[v]); f.After(first[v]) {
+						first[v] = f
+					}
+				}
+			}
+			elapsed := time.Since(start)
+			// Time from the first token issued after the fault until the
+			// last process served it.
+			recovery := time.Duration(-1)
+			times, values := up.IssueTimes(), up.Tokens()
+			for i, at := range times {
+				if at.After(injected) {
+					if f, ok := first[values[i]]; ok {
+						recovery = f.Sub(at)
+					}
+					break
+				}
+			}
+			ideal := 1 + int(elapsed/(lifetime*8/10))
+			t.Logf("%s: upstream issued %d (ideal %d), caller errors %d, dead token served up to %v late, next token on every process %v after its fetch",
+				fault.name, up.Issued(), ideal, errs, max(0, maxStale), recovery.Round(time.Millisecond))
+			if up.Issued() > ideal+1 {
+				t.Errorf("the fault cost %d extra fetches", up.Issued()-ideal)
+			}
+			if maxStale > 100*time.Millisecond {
+				t.Errorf("a process served a dead token %v late", maxStale)
+			}
+		})
+	}
+}
