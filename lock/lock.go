@@ -77,10 +77,10 @@ func (c *Client) obtain(ctx context.Context, key string, ttl time.Duration, retr
 	return lk, nil
 }
 
-// Lock is a held lock. It refreshes its TTL every third of the TTL until
+// Lock is a held lock. It refreshes its TTL every quarter of the TTL until
 // Release. When Redis reports another holder, or no refresh has succeeded
-// for a whole TTL, the lock is lost and Context is cancelled with cause
-// ErrLost.
+// for nine tenths of the TTL (before anyone else can obtain it), the lock is
+// lost and Context is cancelled with cause ErrLost.
 type Lock struct {
 	l      *redislock.Lock
 	ttl    time.Duration
@@ -99,20 +99,26 @@ func (l *Lock) Key() string { return l.l.Key() }
 
 func (l *Lock) keepAlive() {
 	defer close(l.done)
-	t := time.NewTicker(l.ttl / 3)
-	defer t.Stop()
-	// The lock is certainly ours until lastOK+ttl. A failed refresh (a slow
-	// or broken connection) is retried at the next tick; the lock counts as
-	// lost when Redis says another holder has it, or when the TTL has run
-	// out since the last refresh that succeeded.
+	// The lock is certainly ours until lastOK+ttl (lastOK is when the last
+	// successful refresh was sent). Declare it lost a little before that,
+	// so that this holder stops before another can start; refresh every
+	// quarter TTL so that one slow or failed refresh is not fatal.
+	margin := l.ttl / 10
 	lastOK := time.Now()
+	expiry := time.NewTimer(l.ttl - margin)
+	defer expiry.Stop()
+	tick := time.NewTicker(l.ttl / 4)
+	defer tick.Stop()
 	for {
 		select {
 		case <-l.ctx.Done():
 			return
-		case <-t.C:
+		case <-expiry.C:
+			l.cancel(ErrLost)
+			return
+		case <-tick.C:
 			sent := time.Now()
-			rctx, cancel := context.WithTimeout(l.ctx, l.ttl/2)
+			rctx, cancel := context.WithDeadline(l.ctx, lastOK.Add(l.ttl-margin))
 			err := l.l.Refresh(rctx, l.ttl, nil)
 			cancel()
 			switch {
@@ -120,7 +126,8 @@ func (l *Lock) keepAlive() {
 				return
 			case err == nil:
 				lastOK = sent
-			case errors.Is(err, redislock.ErrNotObtained) || time.Since(lastOK) >= l.ttl:
+				expiry.Reset(time.Until(lastOK.Add(l.ttl - margin)))
+			case errors.Is(err, redislock.ErrNotObtained):
 				l.cancel(ErrLost)
 				return
 			}
@@ -128,20 +135,25 @@ func (l *Lock) keepAlive() {
 	}
 }
 
-// Release stops the keep-alive and releases the lock. It returns
-// redislock's ErrLockNotHeld if the lock had expired or been taken over.
-// Release is safe to call more than once; later calls return the first
-// result.
+// Release stops the keep-alive and releases the lock (only if this holder
+// still has it: the release compares the lock's random token). It returns
+// ErrLost if the keep-alive had found the lock lost, redislock's
+// ErrLockNotHeld if it had expired or been taken over meanwhile, or the
+// Redis error. Release is safe to call more than once; later calls return
+// the first result.
 func (l *Lock) Release(ctx context.Context) error {
 	l.once.Do(func() {
 		lost := context.Cause(l.ctx) == ErrLost
 		l.cancel(context.Canceled)
 		<-l.done
+		// Release even after a loss: a refresh that timed out here may
+		// have been applied by Redis, and the key would block everyone
+		// for a whole TTL.
+		err := l.l.Release(ctx)
 		if lost {
-			l.err = ErrLost
-			return
+			err = ErrLost
 		}
-		l.err = l.l.Release(ctx)
+		l.err = err
 	})
 	return l.err
 }

@@ -183,3 +183,33 @@ func ExampleClient_TryObtain() {
 	fmt.Println(l.Key(), l.Context().Err())
 	// Output: refresh:wechat <nil>
 }
+
+// TestLostBeforeExpiry: when Redis stops answering, the holder gives the lock
+// up before its TTL runs out, so it stops before anyone else can start.
+func TestLostBeforeExpiry(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	const ttl = 200 * time.Millisecond
+	l, err := lock.New(rdb).TryObtain(ctx, "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obtained := time.Now()
+	mr.SetError("LOADING Redis is loading the dataset in memory")
+	<-l.Context().Done()
+	if held := time.Since(obtained); held >= ttl {
+		t.Errorf("lock given up after %v, want before its TTL %v", held, ttl)
+	}
+	if !errors.Is(context.Cause(l.Context()), lock.ErrLost) {
+		t.Errorf("cause = %v", context.Cause(l.Context()))
+	}
+	mr.SetError("")
+	if err := l.Release(ctx); !errors.Is(err, lock.ErrLost) {
+		t.Errorf("Release = %v, want ErrLost", err)
+	}
+	if mr.Exists("k") {
+		t.Error("Release after a loss left the key behind")
+	}
+}

@@ -380,7 +380,8 @@ func TestSteadyStateSendsNoCommands(t *testing.T) {
 		rdb := b.Client(t)
 		var n counter
 		rdb.AddHook(&n)
-		src, err := rediscache.New(rdb, testOptions(prefix(t))).Source("c", newUpstream(time.Hour))
+		o := testOptions(prefix(t))
+		src, err := rediscache.New(rdb, o).Source("c", newUpstream(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -388,6 +389,21 @@ func TestSteadyStateSendsNoCommands(t *testing.T) {
 		ctx := context.Background()
 		if _, err := src.Token(ctx); err != nil {
 			t.Fatal(err)
+		}
+		// Start-up ends with the subscription's confirmation, which makes
+		// the Source read once more (events sent before it were lost).
+		for {
+			subs, err := numSub(ctx, rdb, o.Prefix+"events")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if subs > 0 {
+				break
+			}
+			time.Sleep(time.Millisecond) // polling server state
+		}
+		for start, before := time.Now(), n.n.Load(); n.n.Load() == before && time.Since(start) < time.Second; {
+			time.Sleep(time.Millisecond) // the re-read follows the confirmation, if that came after the first read
 		}
 		before := n.n.Load()
 		const calls = 100000

@@ -200,11 +200,13 @@ func (s *Store) listen(sub *redis.PubSub, done chan struct{}) {
 			if m.Kind != "subscribe" {
 				continue
 			}
+			// Events published before the server confirmed the (re)
+			// subscription are lost: have every watcher read again.
 			if subscribed {
 				s.log.Info("tokencache: subscription re-established; re-reading tokens")
-				s.broadcast(token.Event{Kind: token.Resync})
 			}
 			subscribed = true
+			s.broadcast(token.Event{Kind: token.Resync})
 		case *redis.Message:
 			name, ev, ok := parseEvent(m.Payload)
 			if !ok {
@@ -323,14 +325,15 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 	}, nil
 }
 
-// nextVersionScript issues fencing versions. A new (or lost) fence starts at
-// the server's time in milliseconds, so versions keep growing even after the
-// keys were flushed.
+// nextVersionScript issues fencing versions: one more than the last, and
+// never less than the server's time in milliseconds, so that versions keep
+// growing after the keys were flushed or rolled back by a failover.
 var nextVersionScript = redis.NewScript(`
 local n = redis.call('HINCRBY', KEYS[1], 'next', 1)
-if n == 1 then
-  local t = redis.call('TIME')
-  n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > n then
+  n = now
   redis.call('HSET', KEYS[1], 'next', string.format('%d', n))
 end
 return n

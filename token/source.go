@@ -10,8 +10,13 @@ import (
 	"time"
 )
 
-// ErrClosed is returned by a Source after Close.
-var ErrClosed = errors.New("token: source closed")
+var (
+	// ErrClosed is returned by a Source after (or during) Close.
+	ErrClosed = errors.New("token: source closed")
+	// ErrRefreshTimeout is returned when a refresh, including waiting for
+	// another instance, took longer than Options.WaitTimeout.
+	ErrRefreshTimeout = errors.New("token: refresh took longer than WaitTimeout")
+)
 
 // Options configure a Source. The zero value is ready to use; every zero
 // field takes the default its comment gives.
@@ -23,12 +28,11 @@ type Options struct {
 	// MinRefreshAhead is the floor of the refresh-ahead window. Default 1s.
 	// The window is never more than half the lifetime.
 	MinRefreshAhead time.Duration
-	// FetchTimeout bounds one upstream fetch, whatever the caller's
-	// context. Default 10s.
+	// FetchTimeout bounds one upstream fetch, counted from the moment the
+	// refresh lock is held, whatever the callers' contexts. Default 10s.
 	FetchTimeout time.Duration
-	// WaitTimeout bounds how long a refresh (read, wait for another
-	// instance, fetch, write) may take, whatever the caller's context.
-	// Default 30s.
+	// WaitTimeout bounds how long an instance reads and waits for another
+	// instance's refresh, whatever the callers' contexts. Default 30s.
 	WaitTimeout time.Duration
 	// PollInterval is how often an instance that waits for another
 	// instance's refresh re-reads the store when no notification arrives.
@@ -118,7 +122,8 @@ type call struct {
 // enters its refresh-ahead window, one goroutine per instance reads the
 // shared store, and one instance per cluster fetches a new token under the
 // lock while callers keep getting the valid one. Use a Source from any number
-// of goroutines; call Close when done.
+// of goroutines; call Close when done. Make one with NewSource (or
+// rediscache): the zero value is not usable.
 type Source struct {
 	name    string
 	fetcher Fetcher
@@ -136,8 +141,9 @@ type Source struct {
 	stopWatch func()
 	wg        sync.WaitGroup
 
-	mu      sync.Mutex
-	closed  bool
+	closeOnce sync.Once
+	mu        sync.Mutex
+	closed    bool
 	flight  *call
 	again   bool          // an event arrived during the flight: read again
 	wake    chan struct{} // closed and replaced on every event
@@ -204,11 +210,23 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 				// one is still the best we have.
 				return e.tok, nil
 			}
+			if s.ctx.Err() != nil {
+				return Token{}, ErrClosed
+			}
 			return Token{}, c.err
 		case <-ctx.Done():
-			return Token{}, fmt.Errorf("token: %s: waiting for a token: %w", s.name, context.Cause(ctx))
+			return Token{}, ctxErr(fmt.Sprintf("token: %s: waiting for a token", s.name), ctx)
 		}
 	}
+}
+
+// ctxErr wraps the error of a done ctx, and its cause if that differs, so
+// that both errors.Is(err, context.DeadlineExceeded) and the cause match.
+func ctxErr(msg string, ctx context.Context) error {
+	if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
+		return fmt.Errorf("%s: %w (%w)", msg, ctx.Err(), cause)
+	}
+	return fmt.Errorf("%s: %w", msg, ctx.Err())
 }
 
 // refresh returns the in-process refresh, starting one if none runs.
@@ -231,7 +249,7 @@ func (s *Source) startLocked() *call {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(s.ctx, s.opts.WaitTimeout)
+		ctx, cancel := context.WithTimeoutCause(s.ctx, s.opts.WaitTimeout, ErrRefreshTimeout)
 		c.e, c.err = s.run(ctx)
 		cancel()
 		if c.err != nil && s.ctx.Err() == nil {
@@ -271,7 +289,10 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			}
 			continue // invalidated meanwhile
 		}
-		held, err := s.locker.TryLock(ctx)
+		// The lock, and the fetch and save under it, are not bounded by
+		// the wait budget: a token the upstream has issued must not be
+		// dropped because waiting took long. FetchTimeout bounds them.
+		held, err := s.locker.TryLock(s.ctx)
 		if err == nil {
 			e, lost, err := s.refreshLocked(ctx, held)
 			if lost {
@@ -299,7 +320,7 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("token: %s: waiting for another instance's refresh: %w", s.name, context.Cause(ctx))
+			return nil, ctxErr(fmt.Sprintf("token: %s: waiting for another instance's refresh", s.name), ctx)
 		}
 	}
 }
@@ -375,7 +396,7 @@ func FetchReason(ctx context.Context) Reason {
 func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost bool, err error) {
 	lctx := held.Context()
 	defer func() {
-		lost = err != nil && lctx.Err() != nil && ctx.Err() == nil
+		lost = err != nil && lctx.Err() != nil && s.ctx.Err() == nil
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancel()
 		_ = held.Release(rctx)
@@ -418,9 +439,11 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
-	if err := s.store.Save(ctx, sh); err != nil {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
+	defer cancel()
+	if err := s.store.Save(sctx, sh); err != nil {
 		if errors.Is(err, ErrFenced) {
-			if r, lerr := s.load(ctx); lerr == nil && r.have {
+			if r, lerr := s.load(sctx); lerr == nil && r.have {
 				if e := s.adopt(r.sh, 0); e != nil {
 					return e, false, nil
 				}
@@ -438,7 +461,8 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 var ErrInvalidToken = errors.New("token: fetcher returned an empty or expired token")
 
 // fetch calls the Fetcher but returns when ctx is done even if the Fetcher
-// does not honour it (its goroutine then ends when the Fetcher returns).
+// does not honour it. Such a Fetcher's goroutine ends only when it returns,
+// possibly after Close.
 func (s *Source) fetch(ctx context.Context) (Token, error) {
 	type result struct {
 		tok Token
@@ -453,7 +477,12 @@ func (s *Source) fetch(ctx context.Context) (Token, error) {
 	case r := <-ch:
 		return r.tok, r.err
 	case <-ctx.Done():
-		return Token{}, context.Cause(ctx)
+		select {
+		case r := <-ch: // an answer that came with the deadline still counts
+			return r.tok, r.err
+		default:
+			return Token{}, context.Cause(ctx)
+		}
 	}
 }
 
@@ -462,10 +491,10 @@ func (s *Source) fresh(sh Shared) bool {
 }
 
 // adopt makes sh the near-cached token and returns its entry, or nil if sh
-// was invalidated meanwhile. The entry turns stale at the start of its
+// was invalidated or replaced meanwhile. The entry turns stale at the start of its
 // refresh-ahead window, or after recheck if that is set.
 func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
-	if sh.Version <= s.dead.Load() {
+	if sh.Version <= s.dead.Load() || sh.Version < s.seen.Load() {
 		return nil
 	}
 	e := &entry{
@@ -475,7 +504,7 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	}
 	staleIn := sh.TTL - s.opts.window(sh.Lifetime)
 	if recheck > 0 {
-		staleIn = min(recheck, sh.TTL)
+		staleIn = min(recheck, sh.TTL/2)
 	}
 	if staleIn <= 0 {
 		e.state.Store(stateAhead)
@@ -485,9 +514,9 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	if old := s.cur.Swap(e); old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
-	if sh.Version <= s.dead.Load() {
-		// Invalidated while we installed it: Invalidate may have missed
-		// this entry, so mark it.
+	if sh.Version <= s.dead.Load() || sh.Version < s.seen.Load() {
+		// Invalidated, or announced as replaced, while we installed it:
+		// onEvent may have missed this entry, so mark it.
 		e.state.Store(stateSuperseded)
 		return nil
 	}
@@ -516,17 +545,16 @@ func (s *Source) onEvent(ev Event) {
 	defer s.mu.Unlock()
 	close(s.wake)
 	s.wake = make(chan struct{})
-	if s.closed || !e.valid() && ev.Kind == Resync {
-		return
-	}
-	if e == nil {
-		return // nobody asked for this token yet; waiters were woken
-	}
-	if s.flight != nil {
+	switch {
+	case s.closed:
+	case s.flight != nil:
+		// The running refresh may have read before this event.
 		s.again = true
-		return
+	case e == nil, ev.Kind == Resync && !e.valid():
+		// Nobody holds this token; waiters were woken.
+	default:
+		s.startLocked()
 	}
-	s.startLocked()
 }
 
 // raise sets a to v if v is greater.
@@ -557,20 +585,21 @@ func (s *Source) Invalidate(ctx context.Context, bad string) error {
 }
 
 // Close stops the Source's background work and its subscription. Token
-// returns ErrClosed afterwards. Close is idempotent and always returns nil.
+// returns ErrClosed afterwards, and so do calls waiting when Close runs.
+// Close is idempotent, returns once the background work has stopped, and
+// always returns nil. A Fetcher that ignores its context may still be
+// running.
 func (s *Source) Close() error {
-	s.mu.Lock()
-	if s.closed {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
 		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	s.mu.Unlock()
-	s.stopWatch()
-	s.cancel()
-	s.wg.Wait()
-	if e := s.cur.Swap(nil); e != nil && e.timer != nil {
-		e.timer.Stop()
-	}
+		s.stopWatch()
+		s.cancel()
+		s.wg.Wait()
+		if e := s.cur.Swap(nil); e != nil && e.timer != nil {
+			e.timer.Stop()
+		}
+	})
 	return nil
 }

@@ -463,3 +463,45 @@ func TestFetchReason(t *testing.T) {
 		t.Error("FetchReason of a plain context is not 0")
 	}
 }
+
+// TestCloseWakesWaiters: a caller waiting for another instance's refresh gets
+// ErrClosed when the Source closes, not a context error of its own.
+func TestCloseWakesWaiters(t *testing.T) {
+	st := tokentest.NewStore()
+	other, err := st.TryLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Release(context.Background())
+	s := token.NewSource("test", tokentest.New(time.Hour), st, st, opts())
+	errc := make(chan error)
+	go func() {
+		_, err := s.Token(context.Background())
+		errc <- err
+	}()
+	for st.Loads() == 0 {
+		runtime.Gosched() // until the waiter's refresh has read the store
+	}
+	_ = s.Close()
+	if err := <-errc; !errors.Is(err, token.ErrClosed) || errors.Is(err, context.Canceled) {
+		t.Errorf("waiter got %v, want ErrClosed", err)
+	}
+}
+
+// TestWaitTimeout: a refresh that waits longer than WaitTimeout fails with
+// ErrRefreshTimeout, which callers can tell from their own deadline.
+func TestWaitTimeout(t *testing.T) {
+	st := tokentest.NewStore()
+	other, err := st.TryLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Release(context.Background())
+	o := opts()
+	o.WaitTimeout = 50 * time.Millisecond
+	s := newSource(t, tokentest.New(time.Hour), st, o)
+	_, err = s.Token(context.Background())
+	if !errors.Is(err, token.ErrRefreshTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want ErrRefreshTimeout and DeadlineExceeded", err)
+	}
+}
