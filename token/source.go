@@ -144,10 +144,10 @@ type Source struct {
 	closeOnce sync.Once
 	mu        sync.Mutex
 	closed    bool
-	flight  *call
-	again   bool          // an event arrived during the flight: read again
-	wake    chan struct{} // closed and replaced on every event
-	retryAt time.Time     // no background refresh before this
+	flight    *call
+	again     bool          // an event arrived during the flight: read again
+	wake      chan struct{} // closed and replaced on every event
+	retryAt   time.Time     // no background refresh before this
 }
 
 // NewSource returns a Source for the credential called name (used in logs
