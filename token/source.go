@@ -136,6 +136,8 @@ type Source struct {
 	dead atomic.Int64 // highest version known to be invalidated
 	seen atomic.Int64 // highest version announced as written
 
+	storeDown atomic.Bool // an outage of the store was logged
+
 	ctx       context.Context
 	cancel    context.CancelFunc
 	stopWatch func()
@@ -252,7 +254,7 @@ func (s *Source) startLocked() *call {
 		ctx, cancel := context.WithTimeoutCause(s.ctx, s.opts.WaitTimeout, ErrRefreshTimeout)
 		c.e, c.err = s.run(ctx)
 		cancel()
-		if c.err != nil && s.ctx.Err() == nil {
+		if c.err != nil && s.ctx.Err() == nil && !errors.Is(c.err, ErrStoreUnavailable) {
 			s.log.Warn("tokencache: refresh failed", slog.Any("error", c.err))
 		}
 		s.mu.Lock()
@@ -304,7 +306,7 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			return e, err
 		}
 		if !errors.Is(err, ErrLocked) {
-			return nil, fmt.Errorf("token: %s: lock: %w", s.name, err)
+			return nil, s.storeErr("lock", err)
 		}
 		if r.have {
 			// Another instance is refreshing and this token is still
@@ -340,18 +342,37 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	sh, err := s.store.Load(ctx)
 	switch {
 	case err == nil:
+		s.storeUp()
 		dead := sh.Version <= s.dead.Load()
 		// A version older than one already announced was read just before
 		// the announced write: it is dead upstream, read again.
 		have := sh.TTL > 0 && !dead && sh.Version >= s.seen.Load()
 		return read{sh: sh, have: have, invalidated: dead}, nil
 	case errors.Is(err, ErrNotFound):
+		s.storeUp()
 		return read{invalidated: errors.Is(err, ErrInvalidated)}, nil
 	case errors.Is(err, ErrMalformed):
 		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
 		return read{}, nil
 	default:
-		return read{}, fmt.Errorf("token: %s: read shared token: %w", s.name, err)
+		return read{}, s.storeErr("read shared token", err)
+	}
+}
+
+// storeErr wraps a failure of the shared store in ErrStoreUnavailable and
+// logs the outage once, when it starts.
+func (s *Source) storeErr(op string, err error) error {
+	if s.ctx.Err() == nil && s.storeDown.CompareAndSwap(false, true) {
+		s.log.Warn("tokencache: shared store unavailable; serving the near-cached token while it is valid",
+			slog.String("op", op), slog.Any("error", err))
+	}
+	return fmt.Errorf("token: %s: %s: %w: %w", s.name, op, ErrStoreUnavailable, err)
+}
+
+// storeUp records that the store answered, logging the end of an outage.
+func (s *Source) storeUp() {
+	if s.storeDown.CompareAndSwap(true, false) {
+		s.log.Info("tokencache: shared store available again")
 	}
 }
 
@@ -420,7 +441,7 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("token: %s: next version: %w", s.name, err)
+		return nil, false, s.storeErr("next version", err)
 	}
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
 		slog.String("reason", reason.String()), slog.Duration("ttl", r.sh.TTL))

@@ -20,6 +20,11 @@ var (
 	// ErrFenced means a write was refused because the store already holds a
 	// token with the same or a newer version.
 	ErrFenced = errors.New("token: write fenced by a newer version")
+	// ErrStoreUnavailable is wrapped by errors that come from the shared
+	// store failing (Redis down, unreachable, timing out). A Source keeps
+	// serving its near-cached token while it is valid; after that, Token
+	// returns this error rather than fetching on its own.
+	ErrStoreUnavailable = errors.New("token: shared store unavailable")
 	// ErrLocked means another instance holds the refresh lock.
 	ErrLocked = errors.New("token: refresh lock held by another instance")
 )
