@@ -7,6 +7,7 @@
 //	{<prefix><name>}:token   the token, "1|<version>|<lifetime ms>|<value>", with a TTL
 //	{<prefix><name>}:lock    the refresh lock (package lock)
 //	{<prefix><name>}:fence   a hash: the last version issued, written and invalidated
+//	{<prefix><name>}:backoff a hash: failed refreshes, and until when nobody fetches
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
 // can never overwrite a newer token. Every write and invalidation is
@@ -120,11 +121,12 @@ func (s *Store) Credential(name string) (*Credential, error) {
 	}
 	tag := "{" + s.opts.Prefix + name + "}"
 	return &Credential{
-		s:     s,
-		name:  name,
-		token: tag + ":token",
-		lock:  tag + ":lock",
-		fence: tag + ":fence",
+		s:       s,
+		name:    name,
+		token:   tag + ":token",
+		lock:    tag + ":lock",
+		fence:   tag + ":fence",
+		backoff: tag + ":backoff",
 	}, nil
 }
 
@@ -269,9 +271,9 @@ func parseEvent(p string) (string, token.Event, bool) {
 // Credential is one credential's keys in a Store. It implements token.Store
 // and token.Locker.
 type Credential struct {
-	s                  *Store
-	name               string
-	token, lock, fence string
+	s                           *Store
+	name                        string
+	token, lock, fence, backoff string
 }
 
 var (
@@ -355,6 +357,7 @@ local written = tonumber(redis.call('HGET', KEYS[2], 'written') or '0')
 if tonumber(ARGV[1]) <= written then return 0 end
 redis.call('HSET', KEYS[2], 'written', ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 `)
@@ -365,7 +368,7 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 	if ttl <= 0 || sh.Version <= 0 || sh.Value == "" {
 		return fmt.Errorf("rediscache: save %s: refusing %v with version %d and ttl %v", c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
 	}
-	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence},
+	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff},
 		sh.Version, encode(sh), ttl, c.s.channel(), formatEvent('r', sh.Version, c.name)).Int()
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
@@ -398,6 +401,53 @@ func (c *Credential) Invalidate(ctx context.Context, version int64) (bool, error
 		return false, fmt.Errorf("rediscache: invalidate %s: %w", c.name, err)
 	}
 	return n == 1, nil
+}
+
+// loadBackoffScript returns {failures, remaining ms, message}, measured on
+// the server's clock.
+var loadBackoffScript = redis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'err')
+if not h[1] then return {0, 0, ''} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local left = (tonumber(h[2]) or 0) - now
+if left < 0 then left = 0 end
+return {tonumber(h[1]), left, h[3] or ''}
+`)
+
+// LoadBackoff implements token.Store.
+func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+	res, err := loadBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}).Slice()
+	if err != nil || len(res) != 3 {
+		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
+	}
+	failures, _ := res[0].(int64)
+	left, _ := res[1].(int64)
+	msg, _ := res[2].(string)
+	return token.Backoff{Failures: int(failures), Remaining: time.Duration(left) * time.Millisecond, Err: msg}, nil
+}
+
+// saveBackoffScript records a backoff until server time + ARGV[2] ms. The
+// record outlives the wait, so that failures keep counting.
+var saveBackoffScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'err', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 3600000)
+return 1
+`)
+
+// SaveBackoff implements token.Store.
+func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
+	msg := b.Err
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}, b.Failures, b.Remaining.Milliseconds(), msg).Err()
+	if err != nil {
+		return fmt.Errorf("rediscache: save backoff %s: %w", c.name, err)
+	}
+	return nil
 }
 
 // Watch implements token.Store.

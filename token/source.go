@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,12 @@ type Options struct {
 	// RetryInterval is how long a Source that still holds a valid token waits
 	// after a failed background refresh before it tries again. Default 1s.
 	RetryInterval time.Duration
+	// Backoff decides how long every instance waits before fetching again
+	// after failures consecutive failed fetches, the last with err. The
+	// wait is recorded in the shared store, so a failing upstream sees a
+	// handful of calls from the whole cluster, not one per instance or
+	// caller. Default DefaultBackoff.
+	Backoff func(err error, failures int) time.Duration
 	// Logger receives warnings about failed refreshes and unreadable shared
 	// values. Secrets are never logged. Default slog.Default().
 	Logger *slog.Logger
@@ -72,6 +79,9 @@ func (o Options) withDefaults() Options {
 	if o.RetryInterval <= 0 {
 		o.RetryInterval = time.Second
 	}
+	if o.Backoff == nil {
+		o.Backoff = DefaultBackoff
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -80,6 +90,39 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
+
+// DefaultBackoff waits 10 minutes after an error that retrying cannot fix
+// (one with a Permanent() bool method that returns true, such as wrong
+// credentials or a spent quota), and otherwise 1s, 2s, 4s, ... up to a
+// minute, each ±20% so that instances do not retry in step.
+func DefaultBackoff(err error, failures int) time.Duration {
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) && p.Permanent() {
+		return 10 * time.Minute
+	}
+	d := min(time.Second<<min(max(failures-1, 0), 6), time.Minute)
+	return d*4/5 + rand.N(d*2/5+1)
+}
+
+// ErrUpstreamBackoff is wrapped by a *BackoffError.
+var ErrUpstreamBackoff = errors.New("token: upstream backing off after failures")
+
+// BackoffError is returned while the cluster waits after failed fetches:
+// no instance calls the upstream until the wait is over.
+type BackoffError struct {
+	Failures  int
+	Remaining time.Duration
+	// Last is the last failure's message, as some instance saw it.
+	Last string
+}
+
+func (e *BackoffError) Error() string {
+	return fmt.Sprintf("token: upstream failed %d times (last: %s); no fetch for another %v",
+		e.Failures, e.Last, e.Remaining.Round(time.Millisecond))
+}
+
+// Unwrap returns ErrUpstreamBackoff.
+func (e *BackoffError) Unwrap() error { return ErrUpstreamBackoff }
 
 // window is the refresh-ahead window of a token with the given lifetime.
 func (o Options) window(lifetime time.Duration) time.Duration {
@@ -150,6 +193,10 @@ type Source struct {
 	again     bool          // an event arrived during the flight: read again
 	wake      chan struct{} // closed and replaced on every event
 	retryAt   time.Time     // no background refresh before this
+	// A shared backoff this instance knows of: until then, callers with no
+	// valid token get backoffErr without asking Redis.
+	backoffUntil time.Time
+	backoffErr   error
 }
 
 // NewSource returns a Source for the credential called name (used in logs
@@ -186,12 +233,21 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 	if valid && e.state.Load() == stateAhead {
 		// Refresh in the background; nobody waits while a token is valid.
 		s.mu.Lock()
-		retry := time.Now().After(s.retryAt)
+		now := time.Now()
+		retry := now.After(s.retryAt) && now.After(s.backoffUntil)
 		s.mu.Unlock()
 		if retry {
 			_, _ = s.refresh()
 		}
 		return e.tok, nil
+	}
+	if !valid || e.version <= s.dead.Load() {
+		s.mu.Lock()
+		until, berr := s.backoffUntil, s.backoffErr
+		s.mu.Unlock()
+		if time.Now().Before(until) {
+			return Token{}, berr
+		}
 	}
 	for {
 		c, err := s.refresh()
@@ -359,6 +415,16 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	}
 }
 
+// backingOff remembers a shared backoff, so that callers fail fast without
+// asking Redis until it ends, and returns its error.
+func (s *Source) backingOff(b Backoff) error {
+	err := &BackoffError{Failures: b.Failures, Remaining: b.Remaining, Last: b.Err}
+	s.mu.Lock()
+	s.backoffUntil, s.backoffErr = time.Now().Add(b.Remaining), err
+	s.mu.Unlock()
+	return err
+}
+
 // storeErr wraps a failure of the shared store in ErrStoreUnavailable and
 // logs the outage once, when it starts.
 func (s *Source) storeErr(op string, err error) error {
@@ -439,6 +505,13 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	case r.have:
 		reason = ReasonExpiring
 	}
+	b, err := s.store.LoadBackoff(lctx)
+	if err != nil {
+		return nil, false, s.storeErr("read backoff", err)
+	}
+	if b.Remaining > 0 {
+		return nil, false, s.backingOff(b)
+	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
 		return nil, false, s.storeErr("next version", err)
@@ -448,13 +521,27 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
 	cancel()
+	if err == nil && (tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now())) {
+		err = fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
+	}
 	if err != nil {
-		return nil, false, fmt.Errorf("token: %s: fetch: %w", s.name, err)
+		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)
+		if lctx.Err() == nil || context.Cause(fctx) == context.DeadlineExceeded {
+			// The upstream failed (not our lock or our Close): make
+			// every instance wait.
+			b.Failures++
+			b.Remaining = s.opts.Backoff(err, b.Failures)
+			b.Err = err.Error()
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if serr := s.store.SaveBackoff(bctx, b); serr != nil {
+				s.log.Warn("tokencache: could not share the upstream backoff", slog.Any("error", serr))
+			}
+			cancel()
+			s.backingOff(b)
+		}
+		return nil, false, err
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())
-	if tok.Value == "" || ttl <= 0 {
-		return nil, false, fmt.Errorf("token: %s: fetcher returned %v: %w", s.name, tok, ErrInvalidToken)
-	}
 	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
 	// The upstream has just invalidated the previous token: serve the new
 	// one here at once, then share it. Save even if the lock was lost

@@ -166,7 +166,10 @@ func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
 	quota := errors.New("quota exceeded")
 	up.FailNext(quota)
 	st := tokentest.NewStore()
-	s := newSource(t, up, st, opts())
+	o := opts()
+	o.Backoff = func(error, int) time.Duration { return 100 * time.Millisecond }
+	s := newSource(t, up, st, o)
+	other := newSource(t, up, st, o)
 	ctx := context.Background()
 	_, err := s.Token(ctx)
 	if !errors.Is(err, quota) {
@@ -175,6 +178,17 @@ func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
 	if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
 		t.Errorf("store after a failed fetch: %v, want ErrNotFound", err)
 	}
+	// Every instance backs off: no fetch until the shared wait is over.
+	for _, src := range []*token.Source{s, other} {
+		var be *token.BackoffError
+		if _, err := src.Token(ctx); !errors.As(err, &be) || !errors.Is(err, token.ErrUpstreamBackoff) || !strings.Contains(be.Last, "quota exceeded") {
+			t.Errorf("Token during the backoff: %v", err)
+		}
+	}
+	if up.Calls() != 1 {
+		t.Errorf("upstream calls during the backoff: %d, want 1", up.Calls())
+	}
+	time.Sleep(100 * time.Millisecond) // the backoff's length, on purpose
 	tok, err := s.Token(ctx)
 	if err != nil || !up.Valid(tok.Value) {
 		t.Fatalf("Token after recovery = %v, %v", tok, err)

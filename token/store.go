@@ -84,6 +84,22 @@ type Store interface {
 	// Watch calls fn for every event on this credential until stop is
 	// called. fn must not block.
 	Watch(fn func(Event)) (stop func())
+	// LoadBackoff returns the failures recorded since the last successful
+	// Save, and how long every instance must still wait before fetching.
+	LoadBackoff(ctx context.Context) (Backoff, error)
+	// SaveBackoff records b; the next successful Save clears it.
+	SaveBackoff(ctx context.Context, b Backoff) error
+}
+
+// Backoff is the shared record of failed refreshes of one credential.
+type Backoff struct {
+	// Failures counts failed refreshes since the last success.
+	Failures int
+	// Remaining is how long no instance may fetch, measured by the store.
+	Remaining time.Duration
+	// Err is the last failure's message (never holds a secret: errors
+	// from this project's fetchers are redacted).
+	Err string
 }
 
 // A Locker guards the refresh of one credential across instances.

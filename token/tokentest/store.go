@@ -23,6 +23,25 @@ type Store struct {
 	loads    int
 	silent   bool
 	killed   int64 // last version invalidated
+	backoff  token.Backoff
+	until    time.Time
+}
+
+// LoadBackoff implements token.Store.
+func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.backoff
+	b.Remaining = max(0, time.Until(s.until))
+	return b, nil
+}
+
+// SaveBackoff implements token.Store.
+func (s *Store) SaveBackoff(ctx context.Context, b token.Backoff) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.backoff, s.until = b, time.Now().Add(b.Remaining)
+	return nil
 }
 
 // SetSilent makes Save and Invalidate notify no one while silent is true, as
@@ -95,6 +114,7 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 	}
 	s.written = sh.Version
 	s.sh, s.expires = sh, time.Now().Add(sh.TTL)
+	s.backoff, s.until = token.Backoff{}, time.Time{}
 	fns := s.fns()
 	s.mu.Unlock()
 	for _, fn := range fns {

@@ -33,6 +33,11 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("wechat: %s: errcode %d: %s", e.Op, e.Code, e.Msg)
 }
 
+// Permanent reports whether retrying soon cannot help: wrong credentials or
+// configuration (IsPermanent) or a spent quota (IsQuota). token.DefaultBackoff
+// then makes the whole cluster wait long before it calls WeChat again.
+func (e *Error) Permanent() bool { return IsPermanent(e) || IsQuota(e) }
+
 // Error codes with a meaning for token handling. See
 // https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html
 const (
