@@ -14,6 +14,10 @@ import (
 // overwrites it.
 const formatVersion = "1"
 
+// maxLifetime bounds the lifetime field (found by FuzzDecode: a huge one
+// overflowed time.Duration).
+const maxLifetime = 400 * 24 * time.Hour
+
 // maxValueLen bounds what decode accepts, so that a huge foreign value under
 // our key is rejected instead of being cached.
 const maxValueLen = 64 << 10
@@ -60,7 +64,7 @@ func decode(s string) (version int64, lifetime time.Duration, value string, err 
 		return bad("no lifetime field")
 	}
 	ms, perr := strconv.ParseInt(l, 10, 64)
-	if perr != nil || ms <= 0 {
+	if perr != nil || ms <= 0 || ms > maxLifetime.Milliseconds() {
 		return bad("bad lifetime field")
 	}
 	if value == "" {

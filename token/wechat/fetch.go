@@ -119,9 +119,18 @@ func (f *StableTokenFetcher) Fetch(ctx context.Context) (token.Token, error) {
 // ExpiresAt counts from the moment the request was sent.
 func fetchToken(hc *http.Client, req *http.Request, op, secret, field string) (token.Token, error) {
 	sent := time.Now()
-	var reply map[string]json.RawMessage
-	if err := call(hc, req, op, secret, &reply); err != nil {
+	var body json.RawMessage
+	if err := call(hc, req, op, secret, &body); err != nil {
 		return token.Token{}, err
+	}
+	return parseTokenReply(op, body, field, sent)
+}
+
+// parseTokenReply reads a token reply whose errcode, if any, is 0.
+func parseTokenReply(op string, body []byte, field string, sent time.Time) (token.Token, error) {
+	var reply map[string]json.RawMessage
+	if err := json.Unmarshal(body, &reply); err != nil {
+		return token.Token{}, fmt.Errorf("wechat: %s: reply is not a JSON object (%d bytes): %w", op, len(body), ErrBadReply)
 	}
 	var value string
 	var expiresIn int64
@@ -129,7 +138,7 @@ func fetchToken(hc *http.Client, req *http.Request, op, secret, field string) (t
 		return token.Token{}, fmt.Errorf("wechat: %s: no %s in the reply: %w", op, field, ErrBadReply)
 	}
 	if err := json.Unmarshal(reply["expires_in"], &expiresIn); err != nil || expiresIn <= 0 || expiresIn > maxExpiresIn {
-		return token.Token{}, fmt.Errorf("wechat: %s: expires_in %s out of range: %w", op, reply["expires_in"], ErrBadReply)
+		return token.Token{}, fmt.Errorf("wechat: %s: expires_in out of range: %w", op, ErrBadReply)
 	}
 	return token.Token{Value: value, ExpiresAt: sent.Add(time.Duration(expiresIn) * time.Second)}, nil
 }
