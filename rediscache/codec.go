@@ -1,6 +1,11 @@
 package rediscache
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -9,10 +14,13 @@ import (
 	"github.com/tokencache/tokencache/token"
 )
 
-// formatVersion is the first field of every stored value. A reader that
-// meets another version treats the value as a miss, and the next refresh
+// Format versions, the first field of every stored value. A reader that meets
+// another version treats the value as a miss, and the next refresh
 // overwrites it.
-const formatVersion = "1"
+const (
+	formatPlain  = "1" // 1|<version>|<lifetime ms>|<token>
+	formatSealed = "e" // e|<version>|<lifetime ms>|<key id>|<base64url(nonce, AES-GCM sealed token)>
+)
 
 // maxLifetime bounds the lifetime field (found by FuzzDecode: a huge one
 // overflowed time.Duration).
@@ -22,33 +30,82 @@ const maxLifetime = 400 * 24 * time.Hour
 // our key is rejected instead of being cached.
 const maxValueLen = 64 << 10
 
-// encode lays a token out as "1|<fence version>|<lifetime ms>|<value>". The
-// fence version is parsed by the invalidate script, so it stays in clear
-// text and comes first.
-func encode(sh token.Shared) string {
-	var b strings.Builder
-	b.Grow(len(sh.Value) + 40)
-	b.WriteString(formatVersion)
-	b.WriteByte('|')
-	b.WriteString(strconv.FormatInt(sh.Version, 10))
-	b.WriteByte('|')
-	b.WriteString(strconv.FormatInt(sh.Lifetime.Milliseconds(), 10))
-	b.WriteByte('|')
-	b.WriteString(sh.Value)
-	return b.String()
+// Keyring seals tokens at rest with AES-GCM, so that a value read from Redis
+// is useless without the key. Every instance of a credential needs the same
+// keys. To rotate: first add the new key to every instance's Keys, then make
+// it Current everywhere (values sealed with the old key are still read, and
+// the next refresh seals with the new one), then drop the old key.
+type Keyring struct {
+	// Current is the ID of the key that seals new values: letters, digits,
+	// '-' or '_'.
+	Current string
+	// Keys maps key IDs to AES keys of 16, 24 or 32 bytes.
+	Keys map[string][]byte
 }
+
+// codec encodes stored values, sealing them if it has keys.
+type codec struct {
+	current string
+	aeads   map[string]cipher.AEAD
+}
+
+func newCodec(k *Keyring) (codec, error) {
+	if k == nil {
+		return codec{}, nil
+	}
+	c := codec{current: k.Current, aeads: make(map[string]cipher.AEAD, len(k.Keys))}
+	for id, key := range k.Keys {
+		if id == "" || strings.IndexFunc(id, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+		}) >= 0 {
+			return codec{}, fmt.Errorf("rediscache: key id %q: use letters, digits, '-' and '_'", id)
+		}
+		block, err := aes.NewCipher(key)
+		if err != nil {
+			return codec{}, fmt.Errorf("rediscache: key %q: %w", id, err)
+		}
+		if c.aeads[id], err = cipher.NewGCM(block); err != nil {
+			return codec{}, fmt.Errorf("rediscache: key %q: %w", id, err)
+		}
+	}
+	if c.aeads[k.Current] == nil {
+		return codec{}, fmt.Errorf("rediscache: the current key %q is not in Keys", k.Current)
+	}
+	return c, nil
+}
+
+// encode lays a token out as "1|<version>|<lifetime ms>|<value>", or sealed
+// as "e|<version>|<lifetime ms>|<key id>|<sealed>". The version is parsed by
+// the invalidate script, so it stays in clear text and comes second. The
+// sealed token is bound to the credential, version and lifetime, so that a
+// sealed value cannot be moved to another key or replayed under another
+// version.
+func (c codec) encode(name string, sh token.Shared) string {
+	head := strconv.FormatInt(sh.Version, 10) + "|" + strconv.FormatInt(sh.Lifetime.Milliseconds(), 10)
+	if c.aeads == nil {
+		return formatPlain + "|" + head + "|" + sh.Value
+	}
+	aead := c.aeads[c.current]
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(sh.Value)+aead.Overhead())
+	_, _ = rand.Read(nonce)
+	sealed := aead.Seal(nonce, nonce, []byte(sh.Value), []byte(name+"|"+head))
+	return formatSealed + "|" + head + "|" + c.current + "|" + base64.RawURLEncoding.EncodeToString(sealed)
+}
+
+// errNoKey is a sealed value whose key this instance does not have.
+var errNoKey = errors.New("no key to open it")
 
 // decode parses what encode wrote. Errors wrap token.ErrMalformed and never
 // include the value.
-func decode(s string) (version int64, lifetime time.Duration, value string, err error) {
+func (c codec) decode(name, s string) (version int64, lifetime time.Duration, value string, err error) {
 	bad := func(why string) (int64, time.Duration, string, error) {
 		return 0, 0, "", fmt.Errorf("%w: %s (%d bytes)", token.ErrMalformed, why, len(s))
 	}
 	if len(s) > maxValueLen {
 		return bad("value too large")
 	}
-	f, rest, ok := strings.Cut(s, "|")
-	if !ok || f != formatVersion {
+	format, rest, _ := strings.Cut(s, "|")
+	if format != formatPlain && format != formatSealed {
 		return bad("unknown format version")
 	}
 	v, rest, ok := strings.Cut(rest, "|")
@@ -66,6 +123,22 @@ func decode(s string) (version int64, lifetime time.Duration, value string, err 
 	ms, perr := strconv.ParseInt(l, 10, 64)
 	if perr != nil || ms <= 0 || ms > maxLifetime.Milliseconds() {
 		return bad("bad lifetime field")
+	}
+	if format == formatSealed {
+		id, sealed, _ := strings.Cut(value, "|")
+		aead := c.aeads[id]
+		if aead == nil {
+			return bad(fmt.Sprintf("sealed with key %q: %v", id, errNoKey))
+		}
+		raw, derr := base64.RawURLEncoding.DecodeString(sealed)
+		if derr != nil || len(raw) < aead.NonceSize() {
+			return bad("bad sealed token")
+		}
+		plain, oerr := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte(name+"|"+v+"|"+l))
+		if oerr != nil {
+			return bad("sealed token does not open with key " + strconv.Quote(id))
+		}
+		value = string(plain)
 	}
 	if value == "" {
 		return bad("empty token")

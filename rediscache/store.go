@@ -48,6 +48,9 @@ type Options struct {
 	// while a fetch runs, so this bounds how long others wait after a
 	// refresher dies, not how long a fetch may take. Default 10s.
 	LockTTL time.Duration
+	// Encryption, if set, seals tokens at rest with AES-GCM (see Keyring).
+	// Nil stores them in clear text: protect Redis with ACLs and TLS.
+	Encryption *Keyring
 	// Source configures every Source the Store makes. Its zero value takes
 	// the defaults documented on token.Options.
 	Source token.Options
@@ -74,6 +77,8 @@ type Store struct {
 	opts  Options
 	locks *lock.Client
 	log   *slog.Logger
+	codec codec
+	err   error // from the options, returned by Credential
 
 	mu       sync.Mutex
 	watchers map[string]map[*watcher]struct{}
@@ -84,14 +89,18 @@ type Store struct {
 
 type watcher struct{ fn func(token.Event) }
 
-// New returns a Store on rdb.
+// New returns a Store on rdb. Invalid options (a bad Keyring) make every
+// Source and Credential call return the error.
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts = opts.withDefaults()
+	c, err := newCodec(opts.Encryption)
 	return &Store{
 		rdb:      rdb,
 		opts:     opts,
 		locks:    lock.New(rdb),
 		log:      opts.Source.Logger,
+		codec:    c,
+		err:      err,
 		watchers: make(map[string]map[*watcher]struct{}),
 	}
 }
@@ -116,6 +125,9 @@ func NewSource(rdb redis.UniversalClient, name string, f token.Fetcher, opts Opt
 // Credential returns the token.Store and token.Locker of one credential, for
 // use with token.NewSource when a Source needs options of its own.
 func (s *Store) Credential(name string) (*Credential, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -311,7 +323,7 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 	}
 	raw, _ := res[0].(string)
 	pttl, _ := res[1].(int64)
-	version, lifetime, value, err := decode(raw)
+	version, lifetime, value, err := c.s.codec.decode(c.name, raw)
 	if err != nil {
 		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w", c.name, err)
 	}
@@ -372,7 +384,7 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 		return fmt.Errorf("rediscache: save %s: refusing %v with version %d and ttl %v", c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
 	}
 	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff},
-		sh.Version, encode(sh), ttl, c.s.channel(), formatEvent('r', sh.Version, c.name)).Int()
+		sh.Version, c.s.codec.encode(c.name, sh), ttl, c.s.channel(), formatEvent('r', sh.Version, c.name)).Int()
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
 	}
@@ -389,7 +401,7 @@ local t = redis.call('TYPE', KEYS[1])
 if type(t) == 'table' then t = t.ok end
 if t ~= 'string' then return 0 end
 local v = redis.call('GET', KEYS[1])
-if string.match(v, '^1|(%d+)|') ~= ARGV[1] then return 0 end
+if string.match(v, '^%w|(%d+)|') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'invalidated', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
