@@ -1,0 +1,99 @@
+package rediscache_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
+)
+
+// minimalACL is the ACL rule the README documents: only tokencache's keys
+// (prefix "tokencache:"), its channel, and the commands it sends, directly
+// or from its scripts.
+const minimalACL = "on >%s resetkeys ~{tokencache:* resetchannels &tokencache:* -@all " +
+	"+hello +ping +evalsha +eval +subscribe " +
+	"+type +get +set +del +pttl +pexpire +getrange +hget +hmget +hset +hincrby +time +publish"
+
+// TestMinimalACL runs the whole protocol as a Redis user that has only the
+// permissions the README lists.
+func TestMinimalACL(t *testing.T) {
+	addr := realRedis(t)
+	ctx := context.Background()
+	admin := newClient(t, addr)
+	user, pass := "tokencache-acl-test", "acl-test-password-0123456789"
+	args := []any{"ACL", "SETUSER", user, "reset"}
+	for _, f := range strings.Fields(strings.Replace(minimalACL, "%s", pass, 1)) {
+		args = append(args, f)
+	}
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Do(ctx, "ACL", "DELUSER", user)
+	p := "tokencache:" + strings.TrimPrefix(prefix(t), "tct:") // inside the ACL's key pattern
+	newUser := func() *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	o := testOptions(p)
+	var logs syncBuffer
+	o.Source.Logger = jsonLogger(&logs)
+	up := newUpstream(time.Hour)
+	var srcs []*token.Source
+	for range 3 {
+		s, err := rediscache.New(newUser(), o).Source("c", up)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		srcs = append(srcs, s)
+	}
+	// Fetch, share, invalidate, refresh, back off, lock: all as the user.
+	first, err := srcs[0].Token(ctx)
+	if err != nil {
+		t.Fatalf("Token as the ACL user: %v", err)
+	}
+	for _, s := range srcs {
+		if tok, err := s.Token(ctx); err != nil || tok.Value != first.Value {
+			t.Fatalf("Token = %v, %v", tok, err)
+		}
+	}
+	if err := srcs[1].Invalidate(ctx, first.Value); err != nil {
+		t.Fatalf("Invalidate as the ACL user: %v", err)
+	}
+	if tok, err := srcs[1].Token(ctx); err != nil || tok.Value == first.Value {
+		t.Fatalf("Token after Invalidate = %v, %v", tok, err)
+	}
+	st := rediscache.New(newUser(), o)
+	c, _ := st.Credential("c")
+	if err := c.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Millisecond, Err: "x"}); err != nil {
+		t.Fatalf("SaveBackoff: %v", err)
+	}
+	if _, err := c.LoadBackoff(ctx); err != nil {
+		t.Fatalf("LoadBackoff: %v", err)
+	}
+	lim, _ := st.Limiter("c", "force_refresh", rediscache.Limit{PerDay: 1})
+	if _, err := lim.Allow(ctx); err != nil {
+		t.Fatalf("Limiter: %v", err)
+	}
+	l, err := lock.New(newUser()).TryObtain(ctx, "{"+p+"c}:other-lock", time.Second)
+	if err != nil {
+		t.Fatalf("lock: %v", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if strings.Contains(logs.String(), "NOPERM") || strings.Contains(logs.String(), "can't") {
+		t.Errorf("a command was refused: %s", logs.String())
+	}
+	// And nothing else: another prefix is off limits.
+	if err := newUser().Get(ctx, "other:key").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Errorf("GET outside the key pattern: %v, want NOPERM", err)
+	}
+}
