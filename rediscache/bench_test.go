@@ -2,14 +2,18 @@ package rediscache_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 
 	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
 )
 
 // benchBackend is the real server if TOKENCACHE_REDIS_ADDR is set, else
@@ -75,4 +79,52 @@ func BenchmarkWaitersWake(b *testing.B) {
 	b.ReportMetric(q(0.5), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 	b.ReportMetric(q(1), "max-ms")
+}
+
+// BenchmarkManyCredentials holds 10,000 credentials, each with a token, in
+// one process and one Redis, and reports the memory each costs in the
+// process (heap) and in Redis (MEMORY USAGE of its keys).
+func BenchmarkManyCredentials(b *testing.B) {
+	be := benchBackend(b)
+	ctx := context.Background()
+	const n = 10000
+	for b.Loop() {
+		rdb := be.Client(b)
+		p := prefix(b)
+		o := testOptions(p)
+		f := token.FetcherFunc(func(context.Context) (token.Token, error) {
+			return token.Token{Value: strings.Repeat("t", 136), ExpiresAt: time.Now().Add(2 * time.Hour)}, nil
+		})
+		store := rediscache.New(rdb, o)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		srcs := make([]*token.Source, 0, n)
+		for i := range n {
+			s, err := store.Source(fmt.Sprintf("cred-%05d", i), f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.Token(ctx); err != nil {
+				b.Fatal(err)
+			}
+			srcs = append(srcs, s)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/credential")
+		var redisBytes int64
+		for _, k := range []string{"token", "fence"} {
+			used, err := rdb.MemoryUsage(ctx, "{"+p+"cred-00042}:"+k).Result()
+			if err != nil {
+				b.Logf("MEMORY USAGE: %v", err)
+				break
+			}
+			redisBytes += used
+		}
+		b.ReportMetric(float64(redisBytes), "redis-B/credential")
+		for _, s := range srcs {
+			_ = s.Close()
+		}
+	}
 }
