@@ -207,6 +207,11 @@ func TestRedisOutage(t *testing.T) {
 	if !strings.Contains(logs.String(), "available again") {
 		t.Error("recovery not logged")
 	}
+	for _, v := range up.Tokens() {
+		if strings.Contains(logs.String(), v) {
+			t.Error("a whole token was logged")
+		}
+	}
 	if n := strings.Count(logs.String(), "shared store unavailable"); n > len(srcs) {
 		t.Errorf("outage logged %d times by %d sources", n, len(srcs))
 	}
