@@ -1,9 +1,7 @@
 package rediscache_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"net"
 	"net/http/httptest"
 	"os/exec"
@@ -102,40 +100,19 @@ func TestProcessFaults(t *testing.T) {
 			defer srv.Close()
 			p := prefix(t)
 			d := 7 * time.Second
-			var outs []*bufio.Reader
-			var cmds []*exec.Cmd
 			start := time.Now()
-			for range 3 {
-				cmd := child(t, ctx, "load", p, srv.URL, time.Second,
-					childDuration+"="+d.String(), childWorkers+"=16", realRedisEnv+"="+r.addr())
-				out, err := cmd.StdoutPipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				cmds, outs = append(cmds, cmd), append(outs, bufio.NewReader(out))
-			}
-			time.Sleep(lifetime + lifetime/4) // into the second token's life, on purpose
-			injected := time.Now()
-			fault.inject(t, r, admin)
+			var injected time.Time
+			reps := runChildren(t, ctx, 3, p, srv.URL, time.Second, func() {
+				time.Sleep(lifetime + lifetime/4) // into the second token's life, on purpose
+				injected = time.Now()
+				fault.inject(t, r, admin)
+			}, childDuration+"="+d.String(), childWorkers+"=16", realRedisEnv+"="+r.addr())
 
 			var errs int64
 			var maxStale time.Duration
 			first := map[string]time.Time{}
-			for i, cmd := range cmds {
-				var rep childReport
-				if err := json.NewDecoder(outs[i]).Decode(&rep); err != nil {
-					t.Fatalf("child %d: %v", i, err)
-				}
-				if err := cmd.Wait(); err != nil {
-					t.Fatalf("child %d: %v", i, err)
-				}
+			for _, rep := range reps {
 				errs += rep.Errors
-				if rep.Errors > 0 {
-					t.Errorf("child %d: %d errors, first: %s", i, rep.Errors, rep.FirstErr)
-				}
 				for v, last := range rep.LastSeen {
 					if end, ok := up.ValidUntil(v); ok {
 						maxStale = max(maxStale, time.Unix(0, last).Sub(end))

@@ -143,6 +143,41 @@ func child(t *testing.T, ctx context.Context, mode, p, upstream string, lockTTL 
 	return cmd
 }
 
+// runChildren runs n load children, calls during while they run, and
+// returns their reports once they end.
+func runChildren(t *testing.T, ctx context.Context, n int, p, upstream string, lockTTL time.Duration, during func(), extra ...string) []childReport {
+	t.Helper()
+	var cmds []*exec.Cmd
+	var outs []*bufio.Reader
+	for range n {
+		cmd := child(t, ctx, "load", p, upstream, lockTTL, extra...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, bufio.NewReader(out))
+	}
+	if during != nil {
+		during()
+	}
+	reps := make([]childReport, n)
+	for i, cmd := range cmds {
+		if err := json.NewDecoder(outs[i]).Decode(&reps[i]); err != nil {
+			t.Fatalf("child %d: %v", i, err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("child %d: %v", i, err)
+		}
+		if reps[i].Errors > 0 {
+			t.Errorf("child %d: %d errors, first: %s", i, reps[i].Errors, reps[i].FirstErr)
+		}
+	}
+	return reps
+}
+
 // TestProcessesShareOneToken runs 4 OS processes × 32 goroutines against a
 // real Redis and an upstream served over HTTP, over 10 lifetimes.
 func TestProcessesShareOneToken(t *testing.T) {
@@ -155,37 +190,14 @@ func TestProcessesShareOneToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	d := 10 * lifetime
-	var cmds []*exec.Cmd
-	var outs []*bufio.Reader
 	start := time.Now()
-	for range 4 {
-		cmd := child(t, ctx, "load", p, srv.URL, 2*time.Second, childDuration+"="+d.String(), childWorkers+"=32")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		cmds = append(cmds, cmd)
-		outs = append(outs, bufio.NewReader(out))
-	}
+	reps := runChildren(t, ctx, 4, p, srv.URL, 2*time.Second, nil, childDuration+"="+d.String(), childWorkers+"=32")
 	var total childReport
 	var maxStale time.Duration
 	stale := 0
-	for i, cmd := range cmds {
-		var rep childReport
-		if err := json.NewDecoder(outs[i]).Decode(&rep); err != nil {
-			t.Fatalf("child %d: %v", i, err)
-		}
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("child %d: %v", i, err)
-		}
+	for i, rep := range reps {
 		total.Calls += rep.Calls
 		total.Errors += rep.Errors
-		if rep.Errors > 0 {
-			t.Errorf("child %d: %d errors, first: %s", i, rep.Errors, rep.FirstErr)
-		}
 		for v, last := range rep.LastSeen {
 			end, ok := up.ValidUntil(v)
 			if !ok {
