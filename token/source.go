@@ -48,6 +48,14 @@ type Options struct {
 	// handful of calls from the whole cluster, not one per instance or
 	// caller. Default DefaultBackoff.
 	Backoff func(err error, failures int) time.Duration
+	// FetchWhenStoreDown lets a Source with no valid token fetch from the
+	// upstream itself while the shared store is unavailable (one fetch at a
+	// time per Source). Off by default, because then every instance fetches
+	// on its own, and with an upstream like WeChat's each fetch invalidates
+	// the tokens the others got. When the store answers again, the token is
+	// offered to it under a new version and the fenced write decides which
+	// token the cluster keeps.
+	FetchWhenStoreDown bool
 	// Logger receives warnings about failed refreshes and unreadable shared
 	// values. Secrets are never logged. Default slog.Default().
 	Logger *slog.Logger
@@ -197,6 +205,7 @@ type Source struct {
 	// valid token get backoffErr without asking Redis.
 	backoffUntil time.Time
 	backoffErr   error
+	pending      *pending // fetched while the store was down
 }
 
 // NewSource returns a Source for the credential called name (used in logs
@@ -257,7 +266,7 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		select {
 		case <-c.done:
 			if c.err == nil {
-				if c.e != nil && c.e.version > s.dead.Load() {
+				if c.e != nil && (c.e.version > s.dead.Load() || c.e.version == 0) { // 0: fetched without the store
 					return c.e.tok, nil
 				}
 				// Invalidated while that refresh ran: wait for the next.
@@ -339,6 +348,9 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 
 		r, err := s.load(ctx)
 		if err != nil {
+			if errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown {
+				return s.fetchDirect()
+			}
 			return nil, err
 		}
 		if r.have && s.fresh(r.sh) {
@@ -413,6 +425,42 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	default:
 		return read{}, s.storeErr("read shared token", err)
 	}
+}
+
+// pending is a token fetched while the store was unavailable.
+type pending struct {
+	tok      Shared // Version 0
+	deadline time.Time
+}
+
+func (s *Source) takePending() *pending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pending
+	s.pending = nil
+	return p
+}
+
+// fetchDirect fetches without the store (Options.FetchWhenStoreDown), and
+// keeps the token to offer the store when it answers again.
+func (s *Source) fetchDirect() (*entry, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opts.FetchTimeout)
+	defer cancel()
+	tok, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing))
+	if err == nil && (tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now())) {
+		err = fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
+	}
+	ttl := tok.ExpiresAt.Sub(s.opts.Now())
+	sh := Shared{Value: tok.Value, TTL: ttl, Lifetime: ttl}
+	e := s.install(sh, 0)
+	s.mu.Lock()
+	s.pending = &pending{tok: sh, deadline: e.deadline}
+	s.mu.Unlock()
+	s.log.Warn("tokencache: fetched a token directly while the shared store is unavailable")
+	return e, nil
 }
 
 // backingOff remembers a shared backoff, so that callers fail fast without
@@ -516,6 +564,20 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	if err != nil {
 		return nil, false, s.storeErr("next version", err)
 	}
+	if p := s.takePending(); p != nil && reason != ReasonInvalidated {
+		// A token fetched while the store was down: offer it instead of
+		// fetching again.
+		if ttl := time.Until(p.deadline); ttl > s.opts.window(p.tok.Lifetime) {
+			sh := Shared{Value: p.tok.Value, Version: version, TTL: ttl, Lifetime: p.tok.Lifetime}
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
+			defer cancel()
+			if err := s.store.Save(sctx, sh); err != nil {
+				return nil, false, s.storeErr("save", err)
+			}
+			s.log.Info("tokencache: shared the token fetched while the store was unavailable")
+			return s.adopt(sh, 0), false, nil
+		}
+	}
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
 		slog.String("reason", reason.String()), slog.Duration("ttl", r.sh.TTL))
 	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
@@ -605,6 +667,21 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	if sh.Version <= s.dead.Load() || sh.Version < s.seen.Load() {
 		return nil
 	}
+	e := s.install(sh, recheck)
+	if sh.Version <= s.dead.Load() || sh.Version < s.seen.Load() {
+		// Invalidated, or announced as replaced, while we installed it:
+		// onEvent may have missed this entry, so mark it.
+		e.state.Store(stateSuperseded)
+		return nil
+	}
+	s.mu.Lock()
+	s.pending = nil // the store's token wins over one fetched without it
+	s.mu.Unlock()
+	return e
+}
+
+// install makes sh the near-cached token.
+func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 	e := &entry{
 		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
 		version:  sh.Version,
@@ -621,12 +698,6 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	}
 	if old := s.cur.Swap(e); old != nil && old.timer != nil {
 		old.timer.Stop()
-	}
-	if sh.Version <= s.dead.Load() || sh.Version < s.seen.Load() {
-		// Invalidated, or announced as replaced, while we installed it:
-		// onEvent may have missed this entry, so mark it.
-		e.state.Store(stateSuperseded)
-		return nil
 	}
 	return e
 }

@@ -519,3 +519,61 @@ func TestWaitTimeout(t *testing.T) {
 		t.Errorf("err = %v, want ErrRefreshTimeout and DeadlineExceeded", err)
 	}
 }
+
+// TestStoreDown: with the store down, a Source with no token returns
+// ErrStoreUnavailable and fetches nothing; with FetchWhenStoreDown it fetches
+// on its own, and once the store is back the fenced write settles on one
+// token without fetching again.
+func TestStoreDown(t *testing.T) {
+	ctx := context.Background()
+	t.Run("default", func(t *testing.T) {
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		st.SetDown(true)
+		s := newSource(t, up, st, opts())
+		if _, err := s.Token(ctx); !errors.Is(err, token.ErrStoreUnavailable) || !errors.Is(err, tokentest.ErrDown) {
+			t.Errorf("err = %v, want ErrStoreUnavailable", err)
+		}
+		if up.Calls() != 0 {
+			t.Errorf("%d upstream calls with the store down", up.Calls())
+		}
+	})
+	t.Run("FetchWhenStoreDown", func(t *testing.T) {
+		up := tokentest.New(time.Hour)
+		up.Grace = time.Hour // both directly fetched tokens stay valid
+		st := tokentest.NewStore()
+		st.SetDown(true)
+		o := opts()
+		o.FetchWhenStoreDown = true
+		a, b := newSource(t, up, st, o), newSource(t, up, st, o)
+		ta, err := a.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, err := b.Token(ctx)
+		if err != nil || tb.Value == ta.Value {
+			t.Fatalf("b = %v, %v", tb, err)
+		}
+		if up.Calls() != 2 {
+			t.Errorf("%d upstream calls, want one per instance", up.Calls())
+		}
+		st.SetDown(false)
+		st.Notify(token.Event{Kind: token.Resync}) // the subscription comes back
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ta, _ = a.Token(ctx)
+			tb, _ = b.Token(ctx)
+			sh, err := st.Load(ctx)
+			if err == nil && ta.Value == tb.Value && sh.Value == ta.Value {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no agreement: a %v, b %v, store %v (%v)", ta, tb, token.Token{Value: sh.Value}, err)
+			}
+			runtime.Gosched() // the reconciliation runs in the background
+		}
+		if up.Calls() != 2 {
+			t.Errorf("%d upstream calls, want 2: reconciling must not fetch", up.Calls())
+		}
+	})
+}

@@ -2,6 +2,7 @@ package tokentest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -25,10 +26,31 @@ type Store struct {
 	killed   int64 // last version invalidated
 	backoff  token.Backoff
 	until    time.Time
+	down     bool
+}
+
+// ErrDown is what a Store returns while SetDown(true) is in force.
+var ErrDown = errors.New("tokentest: store down")
+
+// SetDown makes every call fail with ErrDown while down is true, as when
+// Redis is unreachable.
+func (s *Store) SetDown(down bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = down
+}
+
+func (s *Store) isDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.down
 }
 
 // LoadBackoff implements token.Store.
 func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+	if s.isDown() {
+		return token.Backoff{}, ErrDown
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.backoff
@@ -38,6 +60,9 @@ func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 
 // SaveBackoff implements token.Store.
 func (s *Store) SaveBackoff(ctx context.Context, b token.Backoff) error {
+	if s.isDown() {
+		return ErrDown
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.backoff, s.until = b, time.Now().Add(b.Remaining)
@@ -79,6 +104,9 @@ func (s *Store) Loads() int {
 
 // Load implements token.Store.
 func (s *Store) Load(ctx context.Context) (token.Shared, error) {
+	if s.isDown() {
+		return token.Shared{}, ErrDown
+	}
 	if err := ctx.Err(); err != nil {
 		return token.Shared{}, err
 	}
@@ -99,6 +127,9 @@ func (s *Store) Load(ctx context.Context) (token.Shared, error) {
 
 // NextVersion implements token.Store.
 func (s *Store) NextVersion(ctx context.Context) (int64, error) {
+	if s.isDown() {
+		return 0, ErrDown
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
@@ -107,6 +138,9 @@ func (s *Store) NextVersion(ctx context.Context) (int64, error) {
 
 // Save implements token.Store.
 func (s *Store) Save(ctx context.Context, sh token.Shared) error {
+	if s.isDown() {
+		return ErrDown
+	}
 	s.mu.Lock()
 	if sh.Version <= s.written {
 		s.mu.Unlock()
@@ -125,6 +159,9 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 
 // Invalidate implements token.Store.
 func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
+	if s.isDown() {
+		return false, ErrDown
+	}
 	s.mu.Lock()
 	if s.sh.Value == "" || s.sh.Version != version {
 		s.mu.Unlock()
@@ -166,6 +203,9 @@ func (s *Store) Watch(fn func(token.Event)) (stop func()) {
 
 // TryLock implements token.Locker. The lock does not expire.
 func (s *Store) TryLock(ctx context.Context) (token.Held, error) {
+	if s.isDown() {
+		return nil, ErrDown
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.locked {
