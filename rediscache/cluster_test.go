@@ -57,6 +57,17 @@ func numSub(ctx context.Context, rdb redis.UniversalClient, channel string) (int
 
 func jsonLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewJSONHandler(w, nil)) }
 
+// raceEnabled is set under the race detector.
+var raceEnabled bool
+
+// think is the pause between a load goroutine's calls.
+func think() time.Duration {
+	if raceEnabled {
+		return 5 * time.Millisecond
+	}
+	return 2 * time.Millisecond
+}
+
 // testOptions are fast settings for tests: short polls and lock TTLs.
 func testOptions(p string) rediscache.Options {
 	return rediscache.Options{
@@ -123,7 +134,7 @@ func TestOneFetchPerLifetime(t *testing.T) {
 			srcs = append(srcs, s)
 		}
 		res := tokentest.Load(context.Background(), srcs, tokentest.LoadConfig{
-			Goroutines: 64, Duration: 12 * lifetime, Think: 2 * time.Millisecond, Upstream: up})
+			Goroutines: 64, Duration: 12 * lifetime, Think: think(), Upstream: up})
 		checkLoad(t, res, up, lifetime, o.Source.RefreshAhead)
 	})
 }
@@ -152,7 +163,9 @@ func checkLoad(t *testing.T, res tokentest.Result, up *tokentest.Upstream, lifet
 	if up.Calls() != up.Issued() {
 		t.Errorf("upstream calls %d != tokens issued %d", up.Calls(), up.Issued())
 	}
-	if res.MaxStale > 100*time.Millisecond {
+	// The notification window is a few ms on loopback; allow for the
+	// scheduling delays of 512 goroutines on a loaded 2-core machine.
+	if res.MaxStale > 250*time.Millisecond {
 		t.Errorf("a caller got a token that had been invalid for %v", res.MaxStale)
 	}
 }

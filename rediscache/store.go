@@ -94,6 +94,11 @@ type watcher struct{ fn func(token.Event) }
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts = opts.withDefaults()
 	c, err := newCodec(opts.Encryption)
+	if strings.ContainsAny(opts.Prefix, "{} \t\r\n") {
+		// A brace would split the hash tag that keeps a credential's keys
+		// in one Cluster slot.
+		err = fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
+	}
 	return &Store{
 		rdb:      rdb,
 		opts:     opts,
@@ -433,8 +438,11 @@ return {tonumber(h[1]), left, h[3] or ''}
 // LoadBackoff implements token.Store.
 func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 	res, err := loadBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}).Slice()
-	if err != nil || len(res) != 3 {
+	if err != nil {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
+	}
+	if len(res) != 3 {
+		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: reply of %d items", c.name, len(res))
 	}
 	failures, _ := res[0].(int64)
 	left, _ := res[1].(int64)

@@ -154,10 +154,18 @@ type entry struct {
 	version  int64
 	deadline time.Time // expiry on the monotonic clock
 	state    atomic.Int32
+	bad      atomic.Bool // reported invalid (Invalidate)
 	timer    *time.Timer
 }
 
 func (e *entry) valid() bool { return e != nil && time.Now().Before(e.deadline) }
+
+// alive reports whether e was not invalidated, given the highest invalidated
+// version. Version 0 (fetched without the store) has no version to compare:
+// Invalidate marks it bad.
+func (e *entry) alive(dead int64) bool {
+	return !e.bad.Load() && (e.version == 0 || e.version > dead)
+}
 
 // call is one in-process refresh that any number of callers wait for.
 type call struct {
@@ -206,6 +214,8 @@ type Source struct {
 	backoffUntil time.Time
 	backoffErr   error
 	pending      *pending // fetched while the store was down
+	// directFailures counts failed fetches without the store.
+	directFailures int
 }
 
 // NewSource returns a Source for the credential called name (used in logs
@@ -250,7 +260,7 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		}
 		return e.tok, nil
 	}
-	if !valid || e.version <= s.dead.Load() {
+	if !valid || !e.alive(s.dead.Load()) {
 		s.mu.Lock()
 		until, berr := s.backoffUntil, s.backoffErr
 		s.mu.Unlock()
@@ -266,13 +276,13 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		select {
 		case <-c.done:
 			if c.err == nil {
-				if c.e != nil && (c.e.version > s.dead.Load() || c.e.version == 0) { // 0: fetched without the store
+				if c.e != nil && c.e.alive(s.dead.Load()) {
 					return c.e.tok, nil
 				}
 				// Invalidated while that refresh ran: wait for the next.
 				continue
 			}
-			if valid && e.valid() && e.version > s.dead.Load() {
+			if valid && e.valid() && e.alive(s.dead.Load()) {
 				// Superseded by a newer token we could not read: the old
 				// one is still the best we have.
 				return e.tok, nil
@@ -348,7 +358,7 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 
 		r, err := s.load(ctx)
 		if err != nil {
-			if errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown {
+			if errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown && !s.cur.Load().valid() {
 				return s.fetchDirect()
 			}
 			return nil, err
@@ -374,6 +384,9 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			return e, err
 		}
 		if !errors.Is(err, ErrLocked) {
+			if s.ctx.Err() != nil {
+				return nil, ErrClosed
+			}
 			return nil, s.storeErr("lock", err)
 		}
 		if r.have {
@@ -423,6 +436,10 @@ func (s *Source) load(ctx context.Context) (read, error) {
 		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
 		return read{}, nil
 	default:
+		if ctx.Err() != nil {
+			// Our own wait ran out (or Close): not an outage.
+			return read{}, ctxErr(fmt.Sprintf("token: %s: read shared token", s.name), ctx)
+		}
 		return read{}, s.storeErr("read shared token", err)
 	}
 }
@@ -451,13 +468,21 @@ func (s *Source) fetchDirect() (*entry, error) {
 		err = fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
+		err = fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
+		// Without the store the backoff is this instance's own.
+		s.mu.Lock()
+		s.directFailures++
+		n := s.directFailures
+		s.mu.Unlock()
+		s.backingOff(Backoff{Failures: n, Remaining: s.opts.Backoff(err, n), Err: err.Error()})
+		return nil, err
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())
 	sh := Shared{Value: tok.Value, TTL: ttl, Lifetime: ttl}
 	e := s.install(sh, 0)
 	s.mu.Lock()
 	s.pending = &pending{tok: sh, deadline: e.deadline}
+	s.directFailures = 0
 	s.mu.Unlock()
 	s.log.Warn("tokencache: fetched a token directly while the shared store is unavailable")
 	return e, nil
@@ -572,7 +597,16 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
 			defer cancel()
 			if err := s.store.Save(sctx, sh); err != nil {
-				return nil, false, s.storeErr("save", err)
+				if !errors.Is(err, ErrFenced) {
+					return nil, false, s.storeErr("save", err)
+				}
+				// A newer token was saved meanwhile: take it.
+				if r, lerr := s.load(sctx); lerr == nil && r.have {
+					if e := s.adopt(r.sh, 0); e != nil {
+						return e, false, nil
+					}
+				}
+				return nil, false, fmt.Errorf("token: %s: save: %w", s.name, err)
 			}
 			s.log.Info("tokencache: shared the token fetched while the store was unavailable")
 			return s.adopt(sh, 0), false, nil
@@ -676,6 +710,7 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	}
 	s.mu.Lock()
 	s.pending = nil // the store's token wins over one fetched without it
+	s.backoffUntil, s.backoffErr = time.Time{}, nil
 	s.mu.Unlock()
 	return e
 }
@@ -722,6 +757,10 @@ func (s *Source) onEvent(ev Event) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ev.Kind == Refreshed {
+		// A token was saved: whatever backoff this instance knew is over.
+		s.backoffUntil, s.backoffErr = time.Time{}, nil
+	}
 	close(s.wake)
 	s.wake = make(chan struct{})
 	switch {
@@ -752,10 +791,16 @@ func raise(a *atomic.Int64, v int64) {
 // that was already replaced does nothing, so a thousand callers reporting the
 // same bad token cause one fetch.
 func (s *Source) Invalidate(ctx context.Context, bad string) error {
+	s.mu.Lock()
+	if s.pending != nil && s.pending.tok.Value == bad {
+		s.pending = nil // never offer the store a token known to be bad
+	}
+	s.mu.Unlock()
 	e := s.cur.Load()
 	if e == nil || e.tok.Value != bad {
 		return nil
 	}
+	e.bad.Store(true)
 	s.onEvent(Event{Kind: Invalidated, Version: e.version})
 	if _, err := s.store.Invalidate(ctx, e.version); err != nil {
 		return fmt.Errorf("token: %s: invalidate: %w", s.name, err)

@@ -577,3 +577,91 @@ func TestStoreDown(t *testing.T) {
 		}
 	})
 }
+
+// TestStoreDownEdges covers the opt-in direct fetch's failure paths.
+func TestStoreDownEdges(t *testing.T) {
+	ctx := context.Background()
+	o := opts()
+	o.FetchWhenStoreDown = true
+
+	t.Run("a failing upstream is backed off", func(t *testing.T) {
+		up := tokentest.New(time.Hour)
+		up.FailNext(nil, nil, nil, nil, nil, nil, nil, nil, nil, nil)
+		st := tokentest.NewStore()
+		st.SetDown(true)
+		s := newSource(t, up, st, o)
+		for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
+			_, _ = s.Token(ctx)
+		}
+		if n := up.Calls(); n > 2 {
+			t.Errorf("%d upstream calls in 200ms from one Source", n)
+		}
+	})
+	t.Run("an invalidated direct token is never shared", func(t *testing.T) {
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		st.SetDown(true)
+		s := newSource(t, up, st, o)
+		bad, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.SetDown(false) // back, with no resync
+		if err := s.Invalidate(ctx, bad.Value); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := s.Token(ctx)
+		if err != nil || tok.Value == bad.Value {
+			t.Fatalf("Token after Invalidate = %v, %v", tok, err)
+		}
+		if sh, err := st.Load(ctx); err != nil || sh.Value == bad.Value {
+			t.Errorf("store holds %v, %v", token.Token{Value: sh.Value}, err)
+		}
+	})
+	t.Run("a valid token is kept during an outage", func(t *testing.T) {
+		up := tokentest.New(400 * time.Millisecond)
+		st := tokentest.NewStore()
+		oo := o
+		oo.RefreshAhead = 0.5
+		s := newSource(t, up, st, oo)
+		first, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.SetDown(true)
+		for time.Until(first.ExpiresAt) > 50*time.Millisecond {
+			if tok, err := s.Token(ctx); err != nil || tok.Value != first.Value {
+				t.Fatalf("Token = %v, %v", tok, err)
+			}
+			time.Sleep(5 * time.Millisecond) // callers over time
+		}
+		if up.Calls() != 1 {
+			t.Errorf("%d upstream calls while a valid token was held", up.Calls())
+		}
+	})
+}
+
+// TestBackoffEndsWithASave: an instance that knows of a backoff serves the
+// token another instance saved, without waiting for the backoff to end.
+func TestBackoffEndsWithASave(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	up.FailNext(nil)
+	st := tokentest.NewStore()
+	o := opts()
+	o.Backoff = func(error, int) time.Duration { return time.Minute }
+	s := newSource(t, up, st, o)
+	if _, err := s.Token(ctx); err == nil {
+		t.Fatal("the failing fetch succeeded")
+	}
+	if _, err := s.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
+		t.Fatalf("during the backoff: %v", err)
+	}
+	v, _ := st.NextVersion(ctx)
+	if err := st.Save(ctx, token.Shared{Value: "saved-elsewhere-0123", Version: v, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s.Token(ctx); err != nil || tok.Value != "saved-elsewhere-0123" {
+		t.Errorf("after another instance's save: %v, %v", tok, err)
+	}
+}
