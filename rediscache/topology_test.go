@@ -150,7 +150,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	old := primary()
 
-	const lifetime = 6 * time.Second
+	const lifetime = 8 * time.Second
 	up := newUpstream(lifetime)
 	o := testOptions(prefix(t))
 	o.LockTTL = 2 * time.Second
@@ -163,7 +163,7 @@ func TestSentinelFailover(t *testing.T) {
 		t.Cleanup(func() { _ = s.Close() })
 		srcs = append(srcs, s)
 	}
-	const d = 16 * time.Second
+	const d = 18 * time.Second
 	done := make(chan tokentest.Result)
 	start := time.Now()
 	go func() {
@@ -215,7 +215,7 @@ func TestSentinelFailover(t *testing.T) {
 // the test ends.
 func privateSentinel(t *testing.T) redistest.Backend {
 	t.Helper()
-	env := append(os.Environ(), "TOKENCACHE_TOPOLOGY_DIR="+t.TempDir())
+	env := append(os.Environ(), "TOKENCACHE_TOPOLOGY_DIR="+t.TempDir(), "TOKENCACHE_SENTINEL_DOWN_AFTER_MS=1000")
 	script := "../scripts/redis-topology.sh"
 	up := exec.Command("bash", script, "sentinel", "up")
 	up.Env = env

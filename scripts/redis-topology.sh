@@ -12,7 +12,9 @@
 #   scripts/redis-topology.sh TOPOLOGY down
 #
 # State (pid files, logs) lives in $TOKENCACHE_TOPOLOGY_DIR (default
-# /tmp/tokencache-topology). Needs redis-server and redis-cli (Debian's
+# /tmp/tokencache-topology). Sentinels declare a silent primary down after
+# $TOKENCACHE_SENTINEL_DOWN_AFTER_MS (default 3000: a busy CI machine must
+# not cause failovers; the failover test sets 1000). Needs redis-server and redis-cli (Debian's
 # redis-server package); .ci/run installs them.
 set -euo pipefail
 
@@ -54,7 +56,7 @@ pidfile $dir/$name.pid
 logfile $dir/$name.log
 dir $dir
 sentinel monitor mymaster 127.0.0.1 $primary 2
-sentinel down-after-milliseconds mymaster 1000
+sentinel down-after-milliseconds mymaster ${TOKENCACHE_SENTINEL_DOWN_AFTER_MS:-3000}
 sentinel failover-timeout mymaster 5000
 sentinel parallel-syncs mymaster 1
 CONF
