@@ -14,8 +14,8 @@
 # State (pid files, logs) lives in $TOKENCACHE_TOPOLOGY_DIR (default
 # /tmp/tokencache-topology). Sentinels declare a silent primary down after
 # $TOKENCACHE_SENTINEL_DOWN_AFTER_MS (default 3000: a busy CI machine must
-# not cause failovers; the failover test sets 1000). Needs redis-server and redis-cli (Debian's
-# redis-server package); .ci/run installs them.
+# not cause failovers; the failover test sets 1000). Needs redis-server,
+# redis-sentinel and redis-cli (Debian's packages); .ci/run installs them.
 set -euo pipefail
 
 usage="usage: $0 standalone|cluster|sentinel up|down"
