@@ -28,6 +28,8 @@ const (
 	childDuration  = "TOKENCACHE_TEST_DURATION"
 	childWorkers   = "TOKENCACHE_TEST_GOROUTINES"
 	childLockTTLMS = "TOKENCACHE_TEST_LOCK_TTL_MS"
+	childDB        = "TOKENCACHE_TEST_DB"   // Redis DB number, default 0
+	childName      = "TOKENCACHE_TEST_NAME" // credential name, default "c"
 )
 
 // childReport is what a "load" child prints as its last line.
@@ -51,9 +53,14 @@ func childMain() int {
 	ctx := context.Background()
 	ttl, _ := strconv.Atoi(os.Getenv(childLockTTLMS))
 	o := processOptions(os.Getenv(childPrefix), time.Duration(ttl)*time.Millisecond)
-	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(realRedisEnv)})
+	db, _ := strconv.Atoi(os.Getenv(childDB))
+	name := os.Getenv(childName)
+	if name == "" {
+		name = "c"
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(realRedisEnv), DB: db})
 	defer rdb.Close()
-	src, err := rediscache.New(rdb, o).Source("c", tokentest.HTTPFetcher(os.Getenv(childUpstream), nil))
+	src, err := rediscache.New(rdb, o).Source(name, tokentest.HTTPFetcher(os.Getenv(childUpstream), nil))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
