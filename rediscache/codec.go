@@ -27,8 +27,14 @@ const (
 const maxLifetime = 400 * 24 * time.Hour
 
 // maxValueLen bounds what decode accepts, so that a huge foreign value under
-// our key is rejected instead of being cached.
+// our key is rejected instead of being cached. It holds a token of
+// token.MaxTokenLen sealed (base64 of nonce, token and tag, 43,728 bytes)
+// with its header; Save refuses anything longer, so that nothing is written
+// that Load would call malformed.
 const maxValueLen = 64 << 10
+
+// maxKeyIDLen bounds a Keyring key ID, which every sealed value carries.
+const maxKeyIDLen = 64
 
 // Keyring seals tokens at rest with AES-GCM, so that a value read from Redis
 // is useless without the key. Every instance of a credential needs the same
@@ -55,10 +61,10 @@ func newCodec(k *Keyring) (codec, error) {
 	}
 	c := codec{current: k.Current, aeads: make(map[string]cipher.AEAD, len(k.Keys))}
 	for id, key := range k.Keys {
-		if id == "" || strings.IndexFunc(id, func(r rune) bool {
+		if id == "" || len(id) > maxKeyIDLen || strings.IndexFunc(id, func(r rune) bool {
 			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
 		}) >= 0 {
-			return codec{}, fmt.Errorf("rediscache: key id %q: use letters, digits, '-' and '_'", id)
+			return codec{}, fmt.Errorf("rediscache: key id %q: use 1 to %d letters, digits, '-' and '_'", id, maxKeyIDLen)
 		}
 		block, err := aes.NewCipher(key)
 		if err != nil {

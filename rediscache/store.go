@@ -1,18 +1,29 @@
 // Package rediscache shares tokens through Redis: it implements token.Store
 // and token.Locker on any go-redis client (standalone, Sentinel or Cluster).
 //
-// Each credential has three keys that share one hash tag, so scripts that
+// Each credential has these keys, which share one hash tag, so scripts that
 // touch several of them work on Redis Cluster:
 //
-//	{<prefix><name>}:token   the token, "1|<version>|<lifetime ms>|<value>", with a TTL
-//	{<prefix><name>}:lock    the refresh lock (package lock)
-//	{<prefix><name>}:fence   a hash: the last version issued, written and invalidated
-//	{<prefix><name>}:backoff a hash: failed refreshes, and until when nobody fetches
+//	{<prefix><name>}:token          the token, "1|<version>|<lifetime ms>|<value>", with a TTL
+//	{<prefix><name>}:lock           the refresh lock (package lock)
+//	{<prefix><name>}:fence          a hash: the last version issued, written and invalidated
+//	{<prefix><name>}:backoff        a hash: failed refreshes, and until when nobody fetches
+//	{<prefix><name>}:limit:<action> a hash: a Limiter's count for the day
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
 // can never overwrite a newer token. Every write and invalidation is
-// published on one channel, <prefix>events, that all sources of a Store share
-// through a single subscription.
+// published on one channel per deployment, that all sources of a Store share
+// through a single subscription: "<prefix>events" on DB 0 (and on a
+// Cluster), "<prefix>events:db<N>" on DB N, because Redis pub/sub ignores the
+// DB number. What arrives on the channel is not trusted: a Source checks
+// every announced version against the fence, read in the same step as the
+// token, before it acts on it.
+//
+// Set ContextTimeoutEnabled in the go-redis options you pass in: without it,
+// go-redis waits for its socket timeouts (ReadTimeout, 3 s by default, per
+// attempt) even after a caller's context is done. Constructors never wait
+// for Redis (the subscription is made in the background), and Close waits
+// about a second at most.
 package rediscache
 
 import (
@@ -51,6 +62,14 @@ type Options struct {
 	// Encryption, if set, seals tokens at rest with AES-GCM (see Keyring).
 	// Nil stores them in clear text: protect Redis with ACLs and TLS.
 	Encryption *Keyring
+	// LegacyEvents also publishes and hears events on "<Prefix>events", the
+	// channel that releases before DB-scoped channels used on every DB. Set
+	// it only while a deployment on a DB other than 0 is upgraded in a
+	// rolling deploy, so that old and new instances hear each other; unset
+	// it once no old instance runs, because on that channel deployments on
+	// other DBs hear each other too. It changes nothing on DB 0 or a
+	// Cluster, whose channel is the legacy one.
+	LegacyEvents bool
 	// Source configures every Source the Store makes. Its zero value takes
 	// the defaults documented on token.Options.
 	Source token.Options
@@ -80,11 +99,17 @@ type Store struct {
 	codec codec
 	err   error // from the options, returned by Credential
 
+	// channels are where events are published: the deployment's channel,
+	// then the legacy one if Options.LegacyEvents asks for it.
+	channels []string
+
+	// mu guards the watchers and the listener's state.
 	mu       sync.Mutex
 	watchers map[string]map[*watcher]struct{}
-	n        int // watchers in all
-	sub      *redis.PubSub
-	subDone  chan struct{}
+	n        int                // watchers in all
+	stopSub  context.CancelFunc // stops the listener; nil while none runs
+	subDone  chan struct{}      // closed when the listener has stopped
+	deaf     bool               // the subscription failed and is not yet confirmed
 }
 
 type watcher struct{ fn func(token.Event) }
@@ -106,6 +131,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		log:      opts.Source.Logger,
 		codec:    c,
 		err:      err,
+		channels: channels(rdb, opts),
 		watchers: make(map[string]map[*watcher]struct{}),
 	}
 }
@@ -162,129 +188,6 @@ func validName(name string) error {
 // Prefix returns the key prefix, with its default filled in.
 func (s *Store) Prefix() string { return s.opts.Prefix }
 
-func (s *Store) channel() string { return s.opts.Prefix + "events" }
-
-// watch registers fn for name's events, opening the subscription with the
-// first watcher and closing it with the last.
-func (s *Store) watch(name string, fn func(token.Event)) (stop func()) {
-	w := &watcher{fn: fn}
-	s.mu.Lock()
-	set := s.watchers[name]
-	if set == nil {
-		set = make(map[*watcher]struct{})
-		s.watchers[name] = set
-	}
-	set[w] = struct{}{}
-	s.n++
-	if s.sub == nil {
-		s.sub = s.rdb.Subscribe(context.Background(), s.channel())
-		s.subDone = make(chan struct{})
-		go s.listen(s.sub, s.subDone)
-	}
-	s.mu.Unlock()
-
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.watchers[name], w)
-			if len(s.watchers[name]) == 0 {
-				delete(s.watchers, name)
-			}
-			s.n--
-			var sub *redis.PubSub
-			var done chan struct{}
-			if s.n == 0 {
-				sub, done = s.sub, s.subDone
-				s.sub, s.subDone = nil, nil
-			}
-			s.mu.Unlock()
-			if sub != nil {
-				_ = sub.Close()
-				<-done
-			}
-		})
-	}
-}
-
-// listen dispatches messages until sub is closed. A subscription that was
-// re-established after a disconnect may have missed messages, so every
-// watcher is told to re-read.
-func (s *Store) listen(sub *redis.PubSub, done chan struct{}) {
-	defer close(done)
-	subscribed := false
-	for m := range sub.ChannelWithSubscriptions(redis.WithChannelSize(1024)) {
-		switch m := m.(type) {
-		case *redis.Subscription:
-			if m.Kind != "subscribe" {
-				continue
-			}
-			// Events published before the server confirmed the (re)
-			// subscription are lost: have every watcher read again.
-			if subscribed {
-				s.log.Info("tokencache: subscription re-established; re-reading tokens")
-			}
-			subscribed = true
-			s.broadcast(token.Event{Kind: token.Resync})
-		case *redis.Message:
-			name, ev, ok := parseEvent(m.Payload)
-			if !ok {
-				s.log.Warn("tokencache: ignoring malformed notification", slog.Int("bytes", len(m.Payload)))
-				continue
-			}
-			s.dispatch(name, ev)
-		}
-	}
-}
-
-func (s *Store) dispatch(name string, ev token.Event) {
-	s.mu.Lock()
-	fns := make([]func(token.Event), 0, len(s.watchers[name]))
-	for w := range s.watchers[name] {
-		fns = append(fns, w.fn)
-	}
-	s.mu.Unlock()
-	for _, fn := range fns {
-		fn(ev)
-	}
-}
-
-func (s *Store) broadcast(ev token.Event) {
-	s.mu.Lock()
-	var fns []func(token.Event)
-	for _, set := range s.watchers {
-		for w := range set {
-			fns = append(fns, w.fn)
-		}
-	}
-	s.mu.Unlock()
-	for _, fn := range fns {
-		fn(ev)
-	}
-}
-
-// Events are "<kind> <version> <name>" with kind r (refreshed) or i
-// (invalidated). The token itself is never published.
-func formatEvent(kind byte, version int64, name string) string {
-	return string(kind) + " " + strconv.FormatInt(version, 10) + " " + name
-}
-
-func parseEvent(p string) (string, token.Event, bool) {
-	k, rest, ok1 := strings.Cut(p, " ")
-	v, name, ok2 := strings.Cut(rest, " ")
-	version, err := strconv.ParseInt(v, 10, 64)
-	if !ok1 || !ok2 || err != nil || name == "" {
-		return "", token.Event{}, false
-	}
-	switch k {
-	case "r":
-		return name, token.Event{Kind: token.Refreshed, Version: version}, true
-	case "i":
-		return name, token.Event{Kind: token.Invalidated, Version: version}, true
-	}
-	return "", token.Event{}, false
-}
-
 // Credential is one credential's keys in a Store. It implements token.Store
 // and token.Locker.
 type Credential struct {
@@ -298,50 +201,70 @@ var (
 	_ token.Locker = (*Credential)(nil)
 )
 
-// loadScript reads the token and its remaining lifetime atomically; a key of
-// another type reads as an empty value, which decodes as malformed. With no
-// token it returns 1 if the last one written was invalidated, else 0.
+// loadScript reads the token, its remaining lifetime and the fence's
+// written and invalidated versions in one atomic step:
+// {value, pttl, written, invalidated}. pttl is -2 when there is no token
+// and -3 when the key holds another type.
 var loadScript = redis.NewScript(`
+local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
+local w, i = f[1] or '0', f[2] or '0'
 local t = redis.call('TYPE', KEYS[1])
 if type(t) == 'table' then t = t.ok end
-if t == 'none' then
-  local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
-  if f[1] and f[1] == f[2] then return 1 end
-  return 0
-end
-if t ~= 'string' then return {'', -1} end
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+if t == 'none' then return {'', -2, w, i} end
+if t ~= 'string' then return {'', -3, w, i} end
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), w, i}
 `)
 
 // Load implements token.Store.
 func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
-	v, err := loadScript.Run(ctx, c.s.rdb, []string{c.token, c.fence}).Result()
+	res, err := loadScript.Run(ctx, c.s.rdb, []string{c.token, c.fence}).Slice()
 	if err != nil {
 		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w", c.name, err)
 	}
-	res, ok := v.([]any)
-	if !ok || len(res) != 2 {
-		if n, _ := v.(int64); n == 1 {
-			return token.Shared{}, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
-		}
-		return token.Shared{}, token.ErrNotFound
+	if len(res) != 4 {
+		return token.Shared{}, fmt.Errorf("rediscache: load %s: reply of %d items", c.name, len(res))
 	}
 	raw, _ := res[0].(string)
 	pttl, _ := res[1].(int64)
+	var f token.Fence
+	f.Written, _ = parseVersion(res[2])
+	f.Invalidated, _ = parseVersion(res[3])
+	miss := token.Shared{Fence: f}
+	switch {
+	case pttl == -2, pttl == 0:
+		// None, or expiring within the millisecond: a plain miss.
+		if f.Written > 0 && f.Written == f.Invalidated {
+			return miss, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
+		}
+		return miss, token.ErrNotFound
+	case pttl == -3:
+		return miss, fmt.Errorf("rediscache: load %s: %w: not a string", c.name, token.ErrMalformed)
+	case pttl < 0:
+		// A value without expiry is not ours.
+		return miss, fmt.Errorf("rediscache: load %s: %w: no TTL", c.name, token.ErrMalformed)
+	}
 	version, lifetime, value, err := c.s.codec.decode(c.name, raw)
 	if err != nil {
-		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w", c.name, err)
-	}
-	if pttl <= 0 {
-		// -1: a value without expiry is not ours; -2: gone meanwhile.
-		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w: no TTL", c.name, token.ErrMalformed)
+		return miss, fmt.Errorf("rediscache: load %s: %w", c.name, err)
 	}
 	return token.Shared{
 		Value:    value,
 		Version:  version,
 		TTL:      time.Duration(pttl) * time.Millisecond,
 		Lifetime: lifetime,
+		Fence:    f,
 	}, nil
+}
+
+// parseVersion reads a version field of the fence; anything but a
+// non-negative integer reads as 0.
+func parseVersion(v any) (int64, bool) {
+	s, _ := v.(string)
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
 }
 
 // nextVersionScript issues fencing versions: one more than the last, and
@@ -375,7 +298,7 @@ if tonumber(ARGV[1]) <= written then return 0 end
 redis.call('HSET', KEYS[2], 'written', ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+for i = 5, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[4]) end
 return 1
 `)
 
@@ -388,8 +311,13 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 	if ttl <= 0 || sh.Version <= 0 || sh.Value == "" {
 		return fmt.Errorf("rediscache: save %s: refusing %v with version %d and ttl %v", c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
 	}
-	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff},
-		sh.Version, c.s.codec.encode(c.name, sh), ttl, c.s.channel(), formatEvent('r', sh.Version, c.name)).Int()
+	v := c.s.codec.encode(c.name, sh)
+	if len(sh.Value) > token.MaxTokenLen || len(v) > maxValueLen {
+		// Loads would call it malformed, and every instance would fetch.
+		return fmt.Errorf("rediscache: save %s: %w: %d bytes", c.name, token.ErrTokenTooLarge, len(sh.Value))
+	}
+	args := c.s.publishTo([]any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name)})
+	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff}, args...).Int()
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
 	}
@@ -409,14 +337,14 @@ local v = redis.call('GET', KEYS[1])
 if string.match(v, '^%w|(%d+)|') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'invalidated', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+for i = 3, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[2]) end
 return 1
 `)
 
 // Invalidate implements token.Store.
 func (c *Credential) Invalidate(ctx context.Context, version int64) (bool, error) {
-	n, err := invalidateScript.Run(ctx, c.s.rdb, []string{c.token, c.fence},
-		strconv.FormatInt(version, 10), c.s.channel(), formatEvent('i', version, c.name)).Int()
+	args := c.s.publishTo([]any{strconv.FormatInt(version, 10), formatEvent('i', version, c.name)})
+	n, err := invalidateScript.Run(ctx, c.s.rdb, []string{c.token, c.fence}, args...).Int()
 	if err != nil {
 		return false, fmt.Errorf("rediscache: invalidate %s: %w", c.name, err)
 	}

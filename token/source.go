@@ -11,14 +11,6 @@ import (
 	"time"
 )
 
-var (
-	// ErrClosed is returned by a Source after (or during) Close.
-	ErrClosed = errors.New("token: source closed")
-	// ErrRefreshTimeout is returned when a refresh, including waiting for
-	// another instance, took longer than Options.WaitTimeout.
-	ErrRefreshTimeout = errors.New("token: refresh took longer than WaitTimeout")
-)
-
 // Options configure a Source. The zero value is ready to use; every zero
 // field takes the default its comment gives.
 type Options struct {
@@ -39,8 +31,11 @@ type Options struct {
 	// instance's refresh re-reads the store when no notification arrives.
 	// Default 250ms.
 	PollInterval time.Duration
-	// RetryInterval is how long a Source that still holds a valid token waits
-	// after a failed background refresh before it tries again. Default 1s.
+	// RetryInterval is how long a Source waits after a failed refresh
+	// before it tries again: a Source that still holds a valid token keeps
+	// serving it, and while the shared store fails, callers with no valid
+	// token get the store's error at once instead of each sending its own
+	// requests to a failing store. Default 1s.
 	RetryInterval time.Duration
 	// Backoff decides how long every instance waits before fetching again
 	// after failures consecutive failed fetches, the last with err. The
@@ -112,26 +107,6 @@ func DefaultBackoff(err error, failures int) time.Duration {
 	return d*4/5 + rand.N(d*2/5+1)
 }
 
-// ErrUpstreamBackoff is wrapped by a *BackoffError.
-var ErrUpstreamBackoff = errors.New("token: upstream backing off after failures")
-
-// BackoffError is returned while the cluster waits after failed fetches:
-// no instance calls the upstream until the wait is over.
-type BackoffError struct {
-	Failures  int
-	Remaining time.Duration
-	// Last is the last failure's message, as some instance saw it.
-	Last string
-}
-
-func (e *BackoffError) Error() string {
-	return fmt.Sprintf("token: upstream failed %d times (last: %s); no fetch for another %v",
-		e.Failures, e.Last, e.Remaining.Round(time.Millisecond))
-}
-
-// Unwrap returns ErrUpstreamBackoff.
-func (e *BackoffError) Unwrap() error { return ErrUpstreamBackoff }
-
 // window is the refresh-ahead window of a token with the given lifetime.
 func (o Options) window(lifetime time.Duration) time.Duration {
 	w := max(time.Duration(o.RefreshAhead*float64(lifetime)), o.MinRefreshAhead)
@@ -191,11 +166,23 @@ type Source struct {
 	opts    Options
 	log     *slog.Logger
 
-	cur  atomic.Pointer[entry]
-	dead atomic.Int64 // highest version known to be invalidated
-	seen atomic.Int64 // highest version announced as written
+	cur atomic.Pointer[entry]
+	// dead and seen are the highest versions announced as invalidated and
+	// as written. Announcements come from outside and are clamped to the
+	// store's Fence when a later read contradicts them (see confirm).
+	dead atomic.Int64
+	seen atomic.Int64
+	// killed is the highest version this Source itself invalidated: unlike
+	// dead, it is never clamped.
+	killed atomic.Int64
+	// deaf is set while the store reports that notifications are not
+	// delivered (Unsubscribed): entries are re-read on demand.
+	deaf atomic.Bool
 
-	storeDown atomic.Bool // an outage of the store was logged
+	outage    atomic.Int32 // outageNone, outageRead or outageWrite: one log line per outage
+	distrusts atomic.Int64 // unix ns of the last warning about an unconfirmed event
+	lifetime  atomic.Int64 // of the last token installed, in ns: bounds fetches per lifetime
+	fetches   fetchLog
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -203,16 +190,21 @@ type Source struct {
 	wg        sync.WaitGroup
 
 	closeOnce sync.Once
-	mu        sync.Mutex
-	closed    bool
-	flight    *call
-	again     bool          // an event arrived during the flight: read again
-	wake      chan struct{} // closed and replaced on every event
-	retryAt   time.Time     // no background refresh before this
+
+	// mu guards the fields below it.
+	mu      sync.Mutex
+	closed  bool
+	flight  *call
+	again   bool          // an event arrived during the flight: read again
+	wake    chan struct{} // closed and replaced on every event
+	retryAt time.Time     // no background refresh before this
 	// A shared backoff this instance knows of: until then, callers with no
 	// valid token get backoffErr without asking Redis.
 	backoffUntil time.Time
 	backoffErr   error
+	// After a store failure, callers with no valid token get storeFailErr
+	// until retryAt without asking the store again.
+	storeFailErr error
 	pending      *pending // fetched while the store was down
 	// directFailures counts failed fetches without the store.
 	directFailures int
@@ -261,11 +253,8 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		return e.tok, nil
 	}
 	if !valid || !e.alive(s.dead.Load()) {
-		s.mu.Lock()
-		until, berr := s.backoffUntil, s.backoffErr
-		s.mu.Unlock()
-		if time.Now().Before(until) {
-			return Token{}, berr
+		if err := s.notYet(); err != nil {
+			return Token{}, err
 		}
 	}
 	for {
@@ -295,6 +284,24 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 			return Token{}, ctxErr(fmt.Sprintf("token: %s: waiting for a token", s.name), ctx)
 		}
 	}
+}
+
+// notYet returns the error a caller with no valid token gets without any
+// I/O: ErrClosed after Close, the shared backoff while it lasts, and the
+// store's last error until the retry interval after a store failure ends.
+func (s *Source) notYet() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	switch {
+	case s.closed:
+		return ErrClosed
+	case now.Before(s.backoffUntil):
+		return s.backoffErr
+	case s.storeFailErr != nil && now.Before(s.retryAt):
+		return s.storeFailErr
+	}
+	return nil
 }
 
 // ctxErr wraps the error of a done ctx, and its cause if that differs, so
@@ -334,8 +341,12 @@ func (s *Source) startLocked() *call {
 		}
 		s.mu.Lock()
 		s.flight = nil
+		s.storeFailErr = nil
 		if c.err != nil {
 			s.retryAt = time.Now().Add(s.opts.RetryInterval)
+			if errors.Is(c.err, ErrStoreUnavailable) {
+				s.storeFailErr = c.err
+			}
 		}
 		if s.again && !s.closed && c.err == nil {
 			s.startLocked()
@@ -373,7 +384,9 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 		// the wait budget: a token the upstream has issued must not be
 		// dropped because waiting took long. FetchTimeout bounds them.
 		held, err := s.locker.TryLock(s.ctx)
-		if err == nil {
+		switch {
+		case err == nil:
+			s.storeUp(true)
 			e, lost, err := s.refreshLocked(ctx, held)
 			if lost {
 				// We lost the lock mid-refresh, so another instance may
@@ -381,22 +394,28 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", slog.Any("error", err))
 				continue
 			}
-			return e, err
-		}
-		if !errors.Is(err, ErrLocked) {
+			if e != nil || err != nil {
+				return e, err
+			}
+			// The store holds its newest token, which this Source could
+			// not adopt because an event arrived meanwhile: wait for the
+			// next event or poll, never fetch over it.
+		case !errors.Is(err, ErrLocked):
 			if s.ctx.Err() != nil {
 				return nil, ErrClosed
 			}
-			return nil, s.storeErr("lock", err)
-		}
-		if r.have {
+			return nil, s.storeErr("lock", true, err)
+		case r.have:
 			// Another instance is refreshing and this token is still
 			// valid: serve it, and look again after a poll interval if no
 			// notification comes first.
+			s.storeUp(true) // a refused lock is a write the store answered
 			if e := s.adopt(r.sh, s.opts.PollInterval); e != nil {
 				return e, nil
 			}
 			continue // invalidated meanwhile
+		default:
+			s.storeUp(true)
 		}
 		timer.Reset(s.opts.PollInterval)
 		select {
@@ -418,30 +437,71 @@ type read struct {
 	invalidated bool
 }
 
+// newest reports whether r holds the store's own newest token, valid and not
+// invalidated by the store or by this Source: nothing may be fetched over
+// it while it is fresh, whatever events said.
+func (s *Source) newest(r read) bool {
+	f := r.sh.Fence
+	return r.sh.Value != "" && r.sh.TTL > 0 && r.sh.Version >= f.Written &&
+		r.sh.Version > f.Invalidated && r.sh.Version > s.killed.Load()
+}
+
 // load reads the store. A missing, unreadable or invalidated token is a miss.
 func (s *Source) load(ctx context.Context) (read, error) {
+	// What was announced before the read was sent must be in the store's
+	// fence: the store publishes an event only after the write.
+	seen, dead := s.seen.Load(), s.dead.Load()
 	sh, err := s.store.Load(ctx)
 	switch {
 	case err == nil:
-		s.storeUp()
+		s.storeUp(false)
+		s.confirm(seen, dead, sh.Fence)
 		dead := sh.Version <= s.dead.Load()
 		// A version older than one already announced was read just before
 		// the announced write: it is dead upstream, read again.
 		have := sh.TTL > 0 && !dead && sh.Version >= s.seen.Load()
 		return read{sh: sh, have: have, invalidated: dead}, nil
 	case errors.Is(err, ErrNotFound):
-		s.storeUp()
-		return read{invalidated: errors.Is(err, ErrInvalidated)}, nil
+		s.storeUp(false)
+		s.confirm(seen, dead, sh.Fence)
+		return read{sh: Shared{Fence: sh.Fence}, invalidated: errors.Is(err, ErrInvalidated)}, nil
 	case errors.Is(err, ErrMalformed):
+		s.storeUp(false)
+		s.confirm(seen, dead, sh.Fence)
 		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
-		return read{}, nil
+		return read{sh: Shared{Fence: sh.Fence}}, nil
 	default:
 		if ctx.Err() != nil {
 			// Our own wait ran out (or Close): not an outage.
 			return read{}, ctxErr(fmt.Sprintf("token: %s: read shared token", s.name), ctx)
 		}
-		return read{}, s.storeErr("read shared token", err)
+		return read{}, s.storeErr("read shared token", false, err)
 	}
+}
+
+// confirm checks the versions announced before a read (seen, dead) against
+// the store's fence from that read. An announcement the store contradicts
+// was forged, came from another deployment, or was lost with the store's
+// data: it is clamped to what the store says, so that it can never make
+// this Source refuse the store's token and fetch again.
+func (s *Source) confirm(seen, dead int64, f Fence) {
+	if seen > f.Written && s.seen.CompareAndSwap(seen, f.Written) {
+		s.distrust("refreshed", seen, f.Written)
+	}
+	if trusted := max(f.Invalidated, s.killed.Load()); dead > trusted && s.dead.CompareAndSwap(dead, trusted) {
+		s.distrust("invalidated", dead, trusted)
+	}
+}
+
+// distrust warns about an unconfirmed event, at most once a minute.
+func (s *Source) distrust(kind string, announced, stored int64) {
+	now := time.Now().UnixNano()
+	last := s.distrusts.Load()
+	if now-last < int64(time.Minute) || !s.distrusts.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("tokencache: ignoring a notification the store does not confirm (forged, from another deployment sharing the channel, or lost with the store's data)",
+		slog.String("event", kind), slog.Int64("announced_version", announced), slog.Int64("store_version", stored))
 }
 
 // pending is a token fetched while the store was unavailable.
@@ -464,8 +524,8 @@ func (s *Source) fetchDirect() (*entry, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.FetchTimeout)
 	defer cancel()
 	tok, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing))
-	if err == nil && (tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now())) {
-		err = fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
+	if err == nil {
+		err = s.check(tok)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
@@ -498,19 +558,47 @@ func (s *Source) backingOff(b Backoff) error {
 	return err
 }
 
+// Outage levels. A store can fail to write while it still reads (out of
+// memory, a read-only replica after a failover): an outage that writes
+// revealed is over only when a write succeeds.
+const (
+	outageNone int32 = iota
+	outageRead
+	outageWrite
+)
+
 // storeErr wraps a failure of the shared store in ErrStoreUnavailable and
-// logs the outage once, when it starts.
-func (s *Source) storeErr(op string, err error) error {
-	if s.ctx.Err() == nil && s.storeDown.CompareAndSwap(false, true) {
-		s.log.Warn("tokencache: shared store unavailable; serving the near-cached token while it is valid",
-			slog.String("op", op), slog.Any("error", err))
+// logs the outage once, when it starts, whatever operations fail during it.
+func (s *Source) storeErr(op string, write bool, err error) error {
+	level := outageRead
+	if write {
+		level = outageWrite
+	}
+	for s.ctx.Err() == nil {
+		old := s.outage.Load()
+		if old >= level || !s.outage.CompareAndSwap(old, level) {
+			if old >= level {
+				break
+			}
+			continue
+		}
+		if old == outageNone {
+			s.log.Warn("tokencache: shared store unavailable; serving the near-cached token while it is valid",
+				slog.String("op", op), slog.Any("error", err))
+		}
+		break
 	}
 	return fmt.Errorf("token: %s: %s: %w: %w", s.name, op, ErrStoreUnavailable, err)
 }
 
-// storeUp records that the store answered, logging the end of an outage.
-func (s *Source) storeUp() {
-	if s.storeDown.CompareAndSwap(true, false) {
+// storeUp records that the store answered a read or a write, logging the
+// end of an outage.
+func (s *Source) storeUp(write bool) {
+	ended := s.outage.CompareAndSwap(outageRead, outageNone)
+	if write {
+		ended = s.outage.CompareAndSwap(outageWrite, outageNone) || ended
+	}
+	if ended {
 		s.log.Info("tokencache: shared store available again")
 	}
 }
@@ -552,7 +640,9 @@ func FetchReason(ctx context.Context) Reason {
 }
 
 // refreshLocked fetches and saves a token while holding the lock. lost
-// reports a failure because the lock was lost.
+// reports a failure because the lock was lost. It returns neither an entry
+// nor an error when the store holds its newest token, fresh, but this Source
+// could not adopt it: the caller reads again rather than fetching over it.
 func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost bool, err error) {
 	lctx := held.Context()
 	defer func() {
@@ -566,10 +656,8 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	if err != nil {
 		return nil, false, err
 	}
-	if r.have && s.fresh(r.sh) {
-		if e := s.adopt(r.sh, 0); e != nil {
-			return e, false, nil
-		}
+	if s.fresh(r.sh) && (r.have || s.newest(r)) {
+		return s.adopt(r.sh, 0), false, nil
 	}
 	reason := ReasonMissing
 	switch {
@@ -580,45 +668,48 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	}
 	b, err := s.store.LoadBackoff(lctx)
 	if err != nil {
-		return nil, false, s.storeErr("read backoff", err)
+		return nil, false, s.storeErr("read backoff", false, err)
 	}
 	if b.Remaining > 0 {
 		return nil, false, s.backingOff(b)
 	}
+	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
+		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
+			slog.Int("fetches", MaxFetchesPerLifetime), slog.Duration("backoff", wait))
+		err := fmt.Errorf("token: %s: %w", s.name, ErrTooManyFetches)
+		return nil, false, fmt.Errorf("%w (%w)", err, s.failed(ctx, b, wait, err))
+	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
-		return nil, false, s.storeErr("next version", err)
+		return nil, false, s.storeErr("next version", true, err)
 	}
 	if p := s.takePending(); p != nil && reason != ReasonInvalidated {
 		// A token fetched while the store was down: offer it instead of
 		// fetching again.
 		if ttl := time.Until(p.deadline); ttl > s.opts.window(p.tok.Lifetime) {
 			sh := Shared{Value: p.tok.Value, Version: version, TTL: ttl, Lifetime: p.tok.Lifetime}
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
-			defer cancel()
-			if err := s.store.Save(sctx, sh); err != nil {
-				if !errors.Is(err, ErrFenced) {
-					return nil, false, s.storeErr("save", err)
-				}
-				// A newer token was saved meanwhile: take it.
-				if r, lerr := s.load(sctx); lerr == nil && r.have {
-					if e := s.adopt(r.sh, 0); e != nil {
-						return e, false, nil
-					}
-				}
-				return nil, false, fmt.Errorf("token: %s: save: %w", s.name, err)
+			e, err := s.share(ctx, sh)
+			if err == nil {
+				s.log.Info("tokencache: shared the token fetched while the store was unavailable")
 			}
-			s.log.Info("tokencache: shared the token fetched while the store was unavailable")
-			return s.adopt(sh, 0), false, nil
+			return e, false, err
 		}
 	}
-	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version),
-		slog.String("reason", reason.String()), slog.Duration("ttl", r.sh.TTL))
+	return s.fetchAndShare(ctx, lctx, version, reason, b)
+}
+
+// fetchAndShare fetches under the lock (lctx) and saves the token as version.
+func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b Backoff) (*entry, bool, error) {
+	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version), slog.String("reason", reason.String()))
 	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
 	cancel()
-	if err == nil && (tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now())) {
-		err = fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
+	if err == nil {
+		// Only tokens issued count: failures are paced by the backoff.
+		s.fetches.add(time.Now())
+	}
+	if err == nil {
+		err = s.check(tok)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)
@@ -626,14 +717,7 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 			// The upstream failed (not our lock or our Close): make
 			// every instance wait.
 			b.Failures++
-			b.Remaining = s.opts.Backoff(err, b.Failures)
-			b.Err = err.Error()
-			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			if serr := s.store.SaveBackoff(bctx, b); serr != nil {
-				s.log.Warn("tokencache: could not share the upstream backoff", slog.Any("error", serr))
-			}
-			cancel()
-			s.backingOff(b)
+			s.failed(ctx, b, s.opts.Backoff(err, b.Failures), err)
 		}
 		return nil, false, err
 	}
@@ -643,16 +727,11 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
-	defer cancel()
-	if err := s.store.Save(sctx, sh); err != nil {
-		if errors.Is(err, ErrFenced) {
-			if r, lerr := s.load(sctx); lerr == nil && r.have {
-				if e := s.adopt(r.sh, 0); e != nil {
-					return e, false, nil
-				}
-			}
-		}
+	shared, err := s.share(ctx, sh)
+	switch {
+	case shared != nil:
+		return shared, false, nil
+	case err != nil && !errors.Is(err, ErrFenced):
 		// The token is good but other instances cannot see it; they will
 		// refresh on their own.
 		s.log.Warn("tokencache: could not share the new token", slog.Any("error", err))
@@ -660,9 +739,85 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	return e, false, nil
 }
 
-// ErrInvalidToken is returned when a Fetcher returns an empty or expired
-// token. Nothing is stored.
-var ErrInvalidToken = errors.New("token: fetcher returned an empty or expired token")
+// share saves sh with a fenced write and returns its entry. If the store
+// already holds a newer token, it returns that one's entry, or nil with an
+// error wrapping ErrFenced.
+func (s *Source) share(ctx context.Context, sh Shared) (*entry, error) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
+	defer cancel()
+	err := s.store.Save(sctx, sh)
+	switch {
+	case err == nil:
+		s.storeUp(true)
+		if e := s.adopt(sh, 0); e != nil {
+			return e, nil
+		}
+		// An event announced a newer version before the save: the
+		// store's word decides.
+	case errors.Is(err, ErrFenced):
+		// A newer token was saved meanwhile: take it.
+	default:
+		return nil, s.storeErr("save", true, err)
+	}
+	if r, lerr := s.load(sctx); lerr == nil && r.have {
+		if e := s.adopt(r.sh, 0); e != nil {
+			return e, nil
+		}
+	}
+	if err == nil {
+		return nil, nil
+	}
+	return nil, fmt.Errorf("token: %s: save: %w", s.name, err)
+}
+
+// fetchLog remembers when the last MaxFetchesPerLifetime fetches started.
+type fetchLog struct {
+	mu   sync.Mutex // guards at and next
+	at   [MaxFetchesPerLifetime]time.Time
+	next int // index of the oldest
+}
+
+func (l *fetchLog) add(t time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.at[l.next] = t
+	l.next = (l.next + 1) % len(l.at)
+}
+
+// wait returns how long to wait before another fetch so that no more than
+// MaxFetchesPerLifetime start within one lifetime: 0 if one may start now.
+func (l *fetchLog) wait(now time.Time, lifetime time.Duration) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	oldest := l.at[l.next]
+	if oldest.IsZero() || now.Sub(oldest) >= lifetime {
+		return 0
+	}
+	return min(oldest.Add(lifetime).Sub(now), 10*time.Minute)
+}
+
+// check validates a fetched token.
+func (s *Source) check(tok Token) error {
+	switch {
+	case tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now()):
+		return fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
+	case len(tok.Value) > MaxTokenLen:
+		return fmt.Errorf("%w: %d bytes", ErrTokenTooLarge, len(tok.Value))
+	}
+	return nil
+}
+
+// failed records a failed refresh in the shared backoff, so that every
+// instance waits for d, and returns the error callers get meanwhile.
+func (s *Source) failed(ctx context.Context, b Backoff, d time.Duration, err error) error {
+	b.Remaining, b.Err = d, err.Error()
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if serr := s.store.SaveBackoff(bctx, b); serr != nil {
+		s.log.Warn("tokencache: could not share the upstream backoff", slog.Any("error", serr))
+	}
+	return s.backingOff(b)
+}
 
 // fetch calls the Fetcher but returns when ctx is done even if the Fetcher
 // does not honour it. Such a Fetcher's goroutine ends only when it returns,
@@ -715,12 +870,23 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	return e
 }
 
-// install makes sh the near-cached token.
+// install makes sh the near-cached token. While notifications are not
+// delivered, it is read again after a poll interval if a caller asks.
 func (s *Source) install(sh Shared, recheck time.Duration) *entry {
+	if s.deaf.Load() && recheck == 0 {
+		recheck = s.opts.PollInterval
+	}
+	s.lifetime.Store(int64(sh.Lifetime))
 	e := &entry{
 		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
 		version:  sh.Version,
 		deadline: time.Now().Add(sh.TTL),
+	}
+	if s.ctx.Err() != nil {
+		// Closed: a refresh that outlived Close must not near-cache
+		// anything, or the hot path would serve it.
+		e.state.Store(stateSuperseded)
+		return e
 	}
 	staleIn := sh.TTL - s.opts.window(sh.Lifetime)
 	if recheck > 0 {
@@ -751,6 +917,18 @@ func (s *Source) onEvent(ev Event) {
 		if e != nil && e.version > ev.Version {
 			return
 		}
+	case Unsubscribed:
+		// Re-read the current token when a caller next asks, and every
+		// token installed from now on after a poll interval.
+		s.deaf.Store(true)
+		if e != nil {
+			e.state.CompareAndSwap(stateFresh, stateAhead)
+		}
+		return
+	case Resync:
+		s.deaf.Store(false)
+	default:
+		return
 	}
 	if e != nil && ev.Kind != Resync {
 		e.state.Store(stateSuperseded)
@@ -758,8 +936,9 @@ func (s *Source) onEvent(ev Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ev.Kind == Refreshed {
-		// A token was saved: whatever backoff this instance knew is over.
-		s.backoffUntil, s.backoffErr = time.Time{}, nil
+		// A token was saved: whatever backoff or store failure this
+		// instance knew of is over.
+		s.backoffUntil, s.backoffErr, s.storeFailErr = time.Time{}, nil, nil
 	}
 	close(s.wake)
 	s.wake = make(chan struct{})
@@ -801,6 +980,7 @@ func (s *Source) Invalidate(ctx context.Context, bad string) error {
 		return nil
 	}
 	e.bad.Store(true)
+	raise(&s.killed, e.version)
 	s.onEvent(Event{Kind: Invalidated, Version: e.version})
 	if _, err := s.store.Invalidate(ctx, e.version); err != nil {
 		return fmt.Errorf("token: %s: invalidate: %w", s.name, err)
@@ -808,19 +988,37 @@ func (s *Source) Invalidate(ctx context.Context, bad string) error {
 	return nil
 }
 
+// closeWait bounds how long Close waits for background work blocked in
+// store I/O.
+const closeWait = time.Second
+
 // Close stops the Source's background work and its subscription. Token
 // returns ErrClosed afterwards, and so do calls waiting when Close runs.
-// Close is idempotent, returns once the background work has stopped, and
-// always returns nil. A Fetcher that ignores its context may still be
-// running.
+// Close is idempotent and always returns nil. It returns once the background
+// work has stopped, or after about a second if that work is blocked in I/O
+// that ignores cancellation (a go-redis client without
+// ContextTimeoutEnabled waits for its socket timeouts); such work ends on
+// its own and changes nothing the caller sees. A Fetcher that ignores its
+// context may still be running.
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.stopWatch()
 		s.cancel()
-		s.wg.Wait()
+		done := make(chan struct{})
+		go func() {
+			s.stopWatch()
+			s.wg.Wait()
+			close(done)
+		}()
+		t := time.NewTimer(closeWait)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			s.log.Warn("tokencache: closed while a store call was still blocked; it ends when the store answers or times out")
+		}
 		if e := s.cur.Swap(nil); e != nil && e.timer != nil {
 			e.timer.Stop()
 		}

@@ -41,6 +41,21 @@ type Shared struct {
 	// Lifetime is the token's whole lifetime when it was written; it sizes
 	// the refresh-ahead window.
 	Lifetime time.Duration
+	// Fence is what the store said about the credential's versions in the
+	// same read. Load sets it even when it returns an error wrapping
+	// ErrNotFound or ErrMalformed; Save ignores it.
+	Fence Fence
+}
+
+// Fence is the store's own record of a credential's versions. A Source
+// checks every version announced by an Event against it, so that a forged
+// or foreign notification cannot outrank the token the store holds.
+type Fence struct {
+	// Written is the highest version the store has saved (0 if none).
+	Written int64
+	// Invalidated is the highest version the store has removed through
+	// Invalidate (0 if none).
+	Invalidated int64
 }
 
 // EventKind says what an Event reports.
@@ -52,11 +67,19 @@ const (
 	// Invalidated means the token with Event.Version was invalidated.
 	Invalidated
 	// Resync means events may have been lost (e.g. a subscription was
-	// re-established): re-read the shared token.
+	// re-established): re-read the shared token. It also ends Unsubscribed.
 	Resync
+	// Unsubscribed means notifications are not being delivered (the
+	// subscription was refused or could not be confirmed). Until the next
+	// Resync, a Source re-reads a token it serves at most once per
+	// PollInterval, and only when a caller asks for it.
+	Unsubscribed
 )
 
-// An Event tells a Source that the shared token changed.
+// An Event tells a Source that the shared token changed. Events come from
+// outside the process and are not trusted: a version an Event announces is
+// checked against the store's Fence by the next read before it can make a
+// Source refuse a stored token.
 type Event struct {
 	Kind    EventKind
 	Version int64
@@ -70,19 +93,25 @@ type Event struct {
 type Store interface {
 	// Load returns the stored token, ErrNotFound if there is none (wrapped
 	// together with ErrInvalidated if the last one was invalidated), or an
-	// error wrapping ErrMalformed if the stored value cannot be decoded.
+	// error wrapping ErrMalformed if the stored value cannot be decoded. In
+	// all three cases Shared.Fence holds the store's versions, read in the
+	// same atomic step as the token.
 	Load(ctx context.Context) (Shared, error)
 	// NextVersion returns a fencing version greater than any returned before.
 	NextVersion(ctx context.Context) (int64, error)
 	// Save stores s with s.TTL as its time to live, unless a token with the
 	// same or a newer version was already saved, in which case it returns an
-	// error wrapping ErrFenced. A successful Save notifies watchers.
+	// error wrapping ErrFenced. A successful Save notifies watchers. A store
+	// must accept any value up to MaxTokenLen bytes, and may refuse a longer
+	// one with an error wrapping ErrTokenTooLarge.
 	Save(ctx context.Context, s Shared) error
 	// Invalidate removes the stored token if, and only if, it has the given
 	// version, and then notifies watchers. It reports whether it removed it.
 	Invalidate(ctx context.Context, version int64) (bool, error)
 	// Watch calls fn for every event on this credential until stop is
-	// called. fn must not block.
+	// called. fn must not block. Watch itself must not wait for I/O: a
+	// store subscribes in the background and sends Resync once the
+	// subscription is confirmed, or Unsubscribed if it fails.
 	Watch(fn func(Event)) (stop func())
 	// LoadBackoff returns the failures recorded since the last successful
 	// Save, and how long every instance must still wait before fetching.

@@ -27,6 +27,8 @@ type Store struct {
 	backoff  token.Backoff
 	until    time.Time
 	down     bool
+	readOnly bool
+	calls    int
 }
 
 // ErrDown is what a Store returns while SetDown(true) is in force.
@@ -46,8 +48,48 @@ func (s *Store) isDown() bool {
 	return s.down
 }
 
+// ErrReadOnly is what writes return while SetReadOnly(true) is in force.
+var ErrReadOnly = errors.New("tokentest: store refuses writes")
+
+// SetReadOnly makes every write (NextVersion, Save, Invalidate, SaveBackoff,
+// TryLock) fail with ErrReadOnly while reads still work, as a Redis out of
+// memory or a read-only replica does.
+func (s *Store) SetReadOnly(ro bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.readOnly = ro
+}
+
+// writeErr returns the error a write gets now, if any.
+func (s *Store) writeErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.down:
+		return ErrDown
+	case s.readOnly:
+		return ErrReadOnly
+	}
+	return nil
+}
+
+func (s *Store) count() {
+	s.mu.Lock()
+	s.calls++
+	s.mu.Unlock()
+}
+
+// Calls returns how many calls the Store has answered, reads and writes,
+// failed or not, except Watch.
+func (s *Store) Calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
 // LoadBackoff implements token.Store.
 func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+	s.count()
 	if s.isDown() {
 		return token.Backoff{}, ErrDown
 	}
@@ -60,8 +102,9 @@ func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 
 // SaveBackoff implements token.Store.
 func (s *Store) SaveBackoff(ctx context.Context, b token.Backoff) error {
-	if s.isDown() {
-		return ErrDown
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -104,6 +147,7 @@ func (s *Store) Loads() int {
 
 // Load implements token.Store.
 func (s *Store) Load(ctx context.Context) (token.Shared, error) {
+	s.count()
 	if s.isDown() {
 		return token.Shared{}, ErrDown
 	}
@@ -113,22 +157,25 @@ func (s *Store) Load(ctx context.Context) (token.Shared, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loads++
+	fence := token.Fence{Written: s.written, Invalidated: s.killed}
 	ttl := time.Until(s.expires)
 	if s.sh.Value == "" || ttl <= 0 {
 		if s.killed > 0 && s.killed == s.written {
-			return token.Shared{}, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
+			return token.Shared{Fence: fence}, fmt.Errorf("%w: %w", token.ErrNotFound, token.ErrInvalidated)
 		}
-		return token.Shared{}, token.ErrNotFound
+		return token.Shared{Fence: fence}, token.ErrNotFound
 	}
 	sh := s.sh
 	sh.TTL = ttl
+	sh.Fence = fence
 	return sh, nil
 }
 
 // NextVersion implements token.Store.
 func (s *Store) NextVersion(ctx context.Context) (int64, error) {
-	if s.isDown() {
-		return 0, ErrDown
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -138,8 +185,9 @@ func (s *Store) NextVersion(ctx context.Context) (int64, error) {
 
 // Save implements token.Store.
 func (s *Store) Save(ctx context.Context, sh token.Shared) error {
-	if s.isDown() {
-		return ErrDown
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if sh.Version <= s.written {
@@ -159,8 +207,9 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 
 // Invalidate implements token.Store.
 func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
-	if s.isDown() {
-		return false, ErrDown
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return false, err
 	}
 	s.mu.Lock()
 	if s.sh.Value == "" || s.sh.Version != version {
@@ -203,8 +252,9 @@ func (s *Store) Watch(fn func(token.Event)) (stop func()) {
 
 // TryLock implements token.Locker. The lock does not expire.
 func (s *Store) TryLock(ctx context.Context) (token.Held, error) {
-	if s.isDown() {
-		return nil, ErrDown
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,0 +1,185 @@
+package rediscache_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
+)
+
+// previousRelease is what the release before DB-scoped channels wrote for a
+// refresh: the token value "1|<version>|<lifetime ms>|<token>" with a TTL,
+// the fence's written version, and "r <version> <name>" on <prefix>events,
+// whatever the DB.
+func previousRelease(ctx context.Context, rdb redis.UniversalClient, p, name, value string, version int64, ttl time.Duration) error {
+	tag := "{" + p + name + "}"
+	v := strconv.FormatInt(version, 10)
+	if err := rdb.HSet(ctx, tag+":fence", "written", v, "next", v).Err(); err != nil {
+		return err
+	}
+	if err := rdb.Set(ctx, tag+":token", "1|"+v+"|"+strconv.FormatInt(ttl.Milliseconds(), 10)+"|"+value, ttl).Err(); err != nil {
+		return err
+	}
+	return rdb.Publish(ctx, p+"events", "r "+v+" "+name).Err()
+}
+
+// forEachStandalone runs fn on miniredis and on the real standalone server
+// if there is one: DBs other than 0 exist only there.
+func forEachStandalone(t *testing.T, name string, fn func(t *testing.T, addr string)) {
+	t.Run(name+"/miniredis", func(t *testing.T) { fn(t, miniredis.RunT(t).Addr()) })
+	if addr := os.Getenv(realRedisEnv); addr != "" {
+		t.Run(name+"/redis", func(t *testing.T) { fn(t, addr) })
+	}
+}
+
+// oldEvent is the payload the previous release parses.
+var oldEvent = regexp.MustCompile(`^[ri] [1-9][0-9]* [^ {}]+$`)
+
+// TestRollingDeployOnDB1: during a rolling deploy of a deployment on DB 1,
+// instances of the previous release publish on <prefix>events. With
+// LegacyEvents a new instance hears them and adopts their token without
+// fetching, and publishes its own events where old instances listen, in the
+// payload they parse. Without it, the new instance does not hear the old
+// channel (it re-reads when its token is invalidated instead).
+func TestRollingDeployOnDB1(t *testing.T) {
+	ctx := context.Background()
+	for _, legacy := range []bool{true, false} {
+		forEachStandalone(t, "LegacyEvents="+strconv.FormatBool(legacy), func(t *testing.T, addr string) {
+			rdb := redis.NewClient(&redis.Options{Addr: addr, DB: 1})
+			defer rdb.Close()
+			p := prefix(t)
+			up := newUpstream(time.Hour)
+			o := testOptions(p)
+			o.LegacyEvents = legacy
+			src, err := rediscache.New(rdb, o).Source("c", up)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			old := rdb.Subscribe(ctx, p+"events") // an instance of the previous release
+			defer old.Close()
+			if _, err := old.Receive(ctx); err != nil {
+				t.Fatal(err)
+			}
+			mine, err := src.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitSubs(t, rdb, 2, p+"events", p+"events:db1")
+			select {
+			case m := <-old.Channel():
+				if !legacy {
+					t.Fatalf("the old channel heard %q without LegacyEvents", m.Payload)
+				}
+				if !oldEvent.MatchString(m.Payload) || !strings.HasSuffix(m.Payload, " c") {
+					t.Errorf("payload %q is not what the previous release parses", m.Payload)
+				}
+			case <-time.After(time.Second):
+				if legacy {
+					t.Fatal("the previous release heard nothing of the new instance's refresh")
+				}
+			}
+			// An old instance refreshes.
+			sh, _ := src.Token(ctx)
+			next := time.Now().UnixMilli() + 1000
+			if err := previousRelease(ctx, rdb, p, "c", "from-the-old-release-0123", next, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(time.Second)
+			for {
+				tok, err := src.Token(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tok.Value == "from-the-old-release-0123" {
+					if !legacy {
+						t.Fatal("heard the old channel without LegacyEvents")
+					}
+					break
+				}
+				if tok.Value != mine.Value || tok.Value != sh.Value {
+					t.Fatalf("Token = %v", tok)
+				}
+				if time.Now().After(deadline) {
+					if legacy {
+						t.Fatal("the new instance never took the old release's token")
+					}
+					break
+				}
+				time.Sleep(time.Millisecond) // callers at a steady pace
+			}
+			if !legacy {
+				// Told that its token is bad, it re-reads and takes the
+				// old release's token without fetching.
+				if err := src.Invalidate(ctx, mine.Value); err != nil {
+					t.Fatal(err)
+				}
+				if tok, err := src.Token(ctx); err != nil || tok.Value != "from-the-old-release-0123" {
+					t.Fatalf("after Invalidate: %v, %v", tok, err)
+				}
+			}
+			if up.Calls() != 1 {
+				t.Errorf("upstream calls = %d, want 1", up.Calls())
+			}
+		})
+	}
+}
+
+// TestOversizedTokenIsNotShared: a token too long to be read back is never
+// written (Save refuses it with a typed error), and a Source that fetched
+// one backs off instead of letting instances fetch in turn.
+func TestOversizedTokenIsNotShared(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		p := prefix(t)
+		rdb := b.Client(t)
+		for _, enc := range []*rediscache.Keyring{nil, {Current: "k", Keys: map[string][]byte{"k": make([]byte, 32)}}} {
+			o := testOptions(p)
+			o.Encryption = enc
+			c, err := rediscache.New(rdb, o).Credential("direct")
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _ := c.NextVersion(ctx)
+			longest := token.Shared{Value: strings.Repeat("t", token.MaxTokenLen), Version: v, TTL: time.Minute, Lifetime: time.Minute}
+			if err := c.Save(ctx, longest); err != nil {
+				t.Fatalf("Save of MaxTokenLen bytes: %v", err)
+			}
+			if got, err := c.Load(ctx); err != nil || got.Value != longest.Value {
+				t.Fatalf("Load of MaxTokenLen bytes: %v", err)
+			}
+			v, _ = c.NextVersion(ctx)
+			longer := token.Shared{Value: strings.Repeat("t", token.MaxTokenLen+1), Version: v, TTL: time.Minute, Lifetime: time.Minute}
+			if err := c.Save(ctx, longer); !errors.Is(err, token.ErrTokenTooLarge) {
+				t.Fatalf("Save of MaxTokenLen+1 bytes: %v, want ErrTokenTooLarge", err)
+			}
+		}
+		var calls int
+		big := token.FetcherFunc(func(context.Context) (token.Token, error) {
+			calls++
+			return token.Token{Value: strings.Repeat("x", 70<<10), ExpiresAt: time.Now().Add(time.Hour)}, nil
+		})
+		srcs := instances(t, b, 2, big, testOptions(p))
+		if _, err := srcs[0].Token(ctx); !errors.Is(err, token.ErrTokenTooLarge) {
+			t.Fatalf("err = %v, want ErrTokenTooLarge", err)
+		}
+		for range 10 {
+			if _, err := srcs[1].Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
+				t.Fatalf("the other instance: %v, want the shared backoff", err)
+			}
+		}
+		if calls != 1 {
+			t.Errorf("upstream calls = %d, want 1", calls)
+		}
+	})
+}

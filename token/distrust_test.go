@@ -1,0 +1,381 @@
+package token_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+// logCount counts the JSON log lines at level whose message contains msg.
+func logCount(logs, level, msg string) int {
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		var rec struct{ Level, Msg string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Level == level && strings.Contains(rec.Msg, msg) {
+			n++
+		}
+	}
+	return n
+}
+
+// hammer calls Token from g goroutines, n times each, and returns the first
+// error or a token the upstream does not accept.
+func hammer(s *token.Source, up *tokentest.Upstream, g, n int) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for range g {
+		wg.Go(func() {
+			for range n {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				tok, err := s.Token(ctx)
+				cancel()
+				if err == nil && !up.Valid(tok.Value) {
+					err = errors.New("handed out a token the upstream does not accept")
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// TestForgedEventsFetchNothing: an event announcing a version the store has
+// not written, or an invalidation the store has not made, is clamped to the
+// store's fence at the next read and logged: it causes no fetch, and Token
+// keeps answering. Before the fix one such event made every Source fetch
+// about 48 times a second, forever.
+func TestForgedEventsFetchNothing(t *testing.T) {
+	const huge = int64(1) << 62
+	cases := []struct {
+		name string
+		ev   func(current int64) token.Event
+	}{
+		{"refreshed, huge version", func(int64) token.Event { return token.Event{Kind: token.Refreshed, Version: huge} }},
+		{"invalidated, huge version", func(int64) token.Event { return token.Event{Kind: token.Invalidated, Version: huge} }},
+		{"invalidated, current version", func(v int64) token.Event { return token.Event{Kind: token.Invalidated, Version: v} }},
+		{"refreshed, next version", func(v int64) token.Event { return token.Event{Kind: token.Refreshed, Version: v + 1} }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up := tokentest.New(time.Hour)
+			st := tokentest.NewStore()
+			var logs syncBuffer
+			o := opts()
+			o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			var srcs []*token.Source
+			for range 3 {
+				srcs = append(srcs, newSource(t, up, st, o))
+			}
+			for _, s := range srcs {
+				if err := hammer(s, up, 1, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sh, err := st.Load(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // repeated: the warning is rate-limited, the clamp is not
+				st.Notify(tc.ev(sh.Version))
+				for _, s := range srcs {
+					if err := hammer(s, up, 8, 50); err != nil {
+						t.Fatalf("Token after a forged event: %v", err)
+					}
+				}
+			}
+			if n := up.Calls(); n != 1 {
+				t.Errorf("upstream calls = %d, want 1: a forged event caused fetches", n)
+			}
+			if n := logCount(logs.String(), "WARN", "does not confirm"); n != len(srcs) {
+				t.Errorf("%d warnings about the forged event, want one per Source (%d); logs:\n%s", n, len(srcs), logs.String())
+			}
+		})
+	}
+}
+
+// gatedStore delays the reply of a Load that has read the store, so that a
+// test can write and announce a newer token in between.
+type gatedStore struct {
+	*tokentest.Store
+	mu   sync.Mutex
+	gate chan chan struct{} // a Load sends its release channel here, if set
+}
+
+func (g *gatedStore) Load(ctx context.Context) (token.Shared, error) {
+	sh, err := g.Store.Load(ctx)
+	g.mu.Lock()
+	gate := g.gate
+	g.gate = nil
+	g.mu.Unlock()
+	if gate != nil {
+		release := make(chan struct{})
+		gate <- release
+		<-release
+	}
+	return sh, err
+}
+
+// TestAnnouncedWriteOutranksAnOlderRead keeps what seen guards: a read sent
+// before a write, whose reply arrives after the write's event, is older than
+// the announced token. It must not be adopted, and it is no reason to distrust
+// the event or to fetch.
+func TestAnnouncedWriteOutranksAnOlderRead(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := &gatedStore{Store: tokentest.NewStore()}
+	var logs syncBuffer
+	o := opts()
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	s := token.NewSource("test", up, st, st, o)
+	defer s.Close()
+	first, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next read (started by a Resync) is held after it read the store.
+	gate := make(chan chan struct{})
+	st.mu.Lock()
+	st.gate = gate
+	st.mu.Unlock()
+	st.Notify(token.Event{Kind: token.Resync})
+	release := <-gate
+	v, _ := st.NextVersion(ctx)
+	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
+	if err := st.Save(ctx, newer); err != nil { // notifies: seen = v
+		t.Fatal(err)
+	}
+	close(release) // the held read now returns the first token
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tok, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.Value == newer.Value {
+			break
+		}
+		if tok.Value != first.Value || time.Now().After(deadline) {
+			t.Fatalf("Token = %v, want the announced newer token", tok)
+		}
+		time.Sleep(time.Millisecond) // the re-read runs in the background
+	}
+	if up.Calls() != 1 {
+		t.Errorf("upstream calls = %d, want 1", up.Calls())
+	}
+	if n := logCount(logs.String(), "WARN", "does not confirm"); n != 0 {
+		t.Errorf("a genuine event was distrusted: %s", logs.String())
+	}
+}
+
+// TestFetchesPerLifetimeAreBounded: whatever makes a Source fetch again and
+// again within one lifetime (here a caller that invalidates every token), it
+// stops after MaxFetchesPerLifetime fetches, warns, and backs off through
+// the shared backoff, so that other instances wait too.
+func TestFetchesPerLifetimeAreBounded(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	var logs syncBuffer
+	o := opts()
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	s := newSource(t, up, st, o)
+	var err error
+	for range 3 * token.MaxFetchesPerLifetime {
+		var tok token.Token
+		if tok, err = s.Token(ctx); err != nil {
+			break
+		}
+		if err := s.Invalidate(ctx, tok.Value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !errors.Is(err, token.ErrTooManyFetches) || !errors.Is(err, token.ErrUpstreamBackoff) {
+		t.Fatalf("err = %v, want ErrTooManyFetches and ErrUpstreamBackoff", err)
+	}
+	if n := up.Calls(); n != token.MaxFetchesPerLifetime {
+		t.Errorf("upstream calls = %d, want %d", n, token.MaxFetchesPerLifetime)
+	}
+	if b, _ := st.LoadBackoff(ctx); b.Remaining < 9*time.Minute {
+		t.Errorf("shared backoff = %v, want about 10 minutes (the oldest fetch is less than a lifetime old)", b.Remaining)
+	}
+	other := newSource(t, up, st, o)
+	if _, err := other.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
+		t.Errorf("another instance got %v, want the shared backoff", err)
+	}
+	if logCount(logs.String(), "WARN", "too many fetches") != 1 {
+		t.Errorf("no warning about too many fetches:\n%s", logs.String())
+	}
+}
+
+// TestOversizedToken: a token longer than MaxTokenLen is neither served nor
+// stored; the error is typed, and every instance backs off as after a
+// permanent error instead of fetching it again and again.
+func TestOversizedToken(t *testing.T) {
+	ctx := context.Background()
+	var calls int
+	var mu sync.Mutex
+	big := token.FetcherFunc(func(context.Context) (token.Token, error) {
+		mu.Lock()
+		calls++
+		mu.Unlock()
+		return token.Token{Value: strings.Repeat("x", token.MaxTokenLen+1), ExpiresAt: time.Now().Add(time.Hour)}, nil
+	})
+	st := tokentest.NewStore()
+	a, b := newSource(t, big, st, opts()), newSource(t, big, st, opts())
+	if _, err := a.Token(ctx); !errors.Is(err, token.ErrTokenTooLarge) {
+		t.Fatalf("err = %v, want ErrTokenTooLarge", err)
+	}
+	var be *token.BackoffError
+	if _, err := b.Token(ctx); !errors.As(err, &be) || be.Remaining < 9*time.Minute {
+		t.Fatalf("another instance: %v, want a permanent-error backoff", err)
+	}
+	if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
+		t.Errorf("the store holds something: %v", err)
+	}
+	if calls != 1 {
+		t.Errorf("upstream calls = %d, want 1", calls)
+	}
+}
+
+// TestWritesFailReadsWorkLogsOnce: a store that reads but refuses writes (out
+// of memory, a read-only replica) is one outage, logged once and ended once,
+// and is retried once per RetryInterval, not once per call.
+func TestWritesFailReadsWorkLogsOnce(t *testing.T) {
+	ctx := context.Background()
+	const lifetime = 100 * time.Millisecond
+	up := tokentest.New(lifetime)
+	st := tokentest.NewStore()
+	var logs syncBuffer
+	o := opts()
+	o.RetryInterval = 50 * time.Millisecond
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	s := newSource(t, up, st, o)
+	if _, err := s.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadOnly(true)
+	time.Sleep(lifetime) // let the token expire: the subject here is time
+	before := st.Calls()
+	start := time.Now()
+	var calls, errs int
+	for time.Since(start) < 500*time.Millisecond {
+		calls++
+		if _, err := s.Token(ctx); err != nil {
+			errs++
+			if !errors.Is(err, token.ErrStoreUnavailable) {
+				t.Fatalf("err = %v, want ErrStoreUnavailable", err)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	storeCalls := st.Calls() - before
+	t.Logf("%d Token calls (%d errors) in %v sent %d store calls", calls, errs, elapsed, storeCalls)
+	// Each attempt reads and tries the lock: 2 calls per RetryInterval.
+	if most := 2 * (int(elapsed/o.RetryInterval) + 2); storeCalls > most {
+		t.Errorf("%d store calls in %v, want at most %d", storeCalls, elapsed, most)
+	}
+	st.SetReadOnly(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if tok, err := s.Token(ctx); err == nil && up.Valid(tok.Value) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no token after the store took writes again")
+		}
+		time.Sleep(time.Millisecond) // waiting out the retry interval
+	}
+	out := logs.String()
+	if n := logCount(out, "WARN", "unavailable"); n != 1 {
+		t.Errorf("%d 'unavailable' warnings, want 1:\n%s", n, out)
+	}
+	if n := logCount(out, "INFO", "available again"); n != 1 {
+		t.Errorf("%d 'available again' lines, want 1:\n%s", n, out)
+	}
+}
+
+// TestUnsubscribedRechecksOnDemand: while the store reports notifications
+// unavailable, a Source re-reads the token it serves at most once per poll
+// interval, only when a caller asks, and so sees another instance's write
+// without a notification; idle, it reads nothing. Resync ends it.
+func TestUnsubscribedRechecksOnDemand(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	o := opts() // PollInterval 20ms
+	s := newSource(t, up, st, o)
+	if _, err := s.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.Notify(token.Event{Kind: token.Unsubscribed})
+	st.SetSilent(true)
+	v, _ := st.NextVersion(ctx)
+	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
+	if err := st.Save(ctx, newer); err != nil {
+		t.Fatal(err)
+	}
+	loads := st.Loads()
+	start := time.Now()
+	var got token.Token
+	for got.Value != newer.Value {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the unsubscribed Source never re-read the store")
+		}
+		got, _ = s.Token(ctx)
+		time.Sleep(time.Millisecond) // a caller's pace
+	}
+	// Keep calling for a while: one read per poll interval at most.
+	for time.Since(start) < 200*time.Millisecond {
+		if _, err := s.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	if n, most := st.Loads()-loads, int(elapsed/o.PollInterval)+2; n > most {
+		t.Errorf("%d loads in %v, want at most %d", n, elapsed, most)
+	}
+	idle := st.Loads()
+	time.Sleep(5 * o.PollInterval) // idle: the subject is that nothing happens
+	if n := st.Loads() - idle; n != 0 {
+		t.Errorf("%d loads while nobody called", n)
+	}
+	st.Notify(token.Event{Kind: token.Resync})
+	time.Sleep(2 * o.PollInterval) // the resync's read and the last recheck settle
+	for range 3 {
+		if _, err := s.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settled := st.Loads()
+	for range 1000 {
+		_, _ = s.Token(ctx)
+	}
+	time.Sleep(2 * o.PollInterval)
+	for range 1000 {
+		_, _ = s.Token(ctx)
+	}
+	if n := st.Loads() - settled; n != 0 {
+		t.Errorf("%d loads after Resync: rechecks did not stop", n)
+	}
+	if up.Calls() != 1 {
+		t.Errorf("upstream calls = %d, want 1", up.Calls())
+	}
+}
