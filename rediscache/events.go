@@ -84,7 +84,7 @@ func parseEvent(p string) (string, token.Event, bool) {
 	k, rest, ok1 := strings.Cut(p, " ")
 	v, name, ok2 := strings.Cut(rest, " ")
 	version, err := strconv.ParseInt(v, 10, 64)
-	if !ok1 || !ok2 || err != nil || version <= 0 || validName(name) != nil {
+	if !ok1 || !ok2 || err != nil || version <= 0 || strconv.FormatInt(version, 10) != v || validName(name) != nil {
 		return "", token.Event{}, false
 	}
 	switch k {

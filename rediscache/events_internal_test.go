@@ -85,3 +85,28 @@ func TestLongestTokenFits(t *testing.T) {
 		t.Error("a key ID longer than maxKeyIDLen was accepted")
 	}
 }
+
+// FuzzParseEvent feeds arbitrary payloads to the event parser: it never
+// panics, and what it accepts is exactly what formatEvent writes for a valid
+// name and a positive version.
+func FuzzParseEvent(f *testing.F) {
+	for _, s := range []string{
+		"r 1795466336494 wechat:wx1", "i 5 c", "r 4611686018427387904 c",
+		"r -1 c", "r 5 a b", "x 5 c", "", "r  c", "r 5 {c}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		name, ev, ok := parseEvent(p)
+		if !ok {
+			return
+		}
+		kind := byte('r')
+		if ev.Kind == token.Invalidated {
+			kind = 'i'
+		}
+		if ev.Version <= 0 || validName(name) != nil || formatEvent(kind, ev.Version, name) != p {
+			t.Fatalf("accepted %q as %q %+v", p, name, ev)
+		}
+	})
+}
