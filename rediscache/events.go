@@ -2,7 +2,9 @@ package rediscache
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +29,10 @@ const (
 	// confirmTimeout bounds the wait for the server to confirm a
 	// subscription.
 	confirmTimeout = 5 * time.Second
+	// pingEvery is how long a quiet subscription waits before it pings the
+	// server; a ping unanswered for as long again means the connection is
+	// dead (half-open), and the Store subscribes anew.
+	pingEvery = 3 * time.Second
 	// maxResubscribeWait caps the wait between attempts to subscribe.
 	maxResubscribeWait = 10 * time.Second
 	// closeWait bounds how long closing the last Source of a Store waits
@@ -36,39 +42,111 @@ const (
 	maxEventLen = 2 + 20 + 1 + MaxNameLen
 )
 
-// channels returns the channels events are published on for rdb and opts.
-func channels(rdb redis.UniversalClient, opts Options) []string {
-	legacy := opts.Prefix + "events"
-	db := dbOf(rdb)
+// scope knows the channels events are published on. The DB is read from
+// the client's options where they say it (*redis.Client, standalone or
+// Sentinel; a Cluster, which has only DB 0); for any other client (a
+// Sentinel client that routes reads to replicas, a wrapper) it is asked
+// once from the server with CLIENT INFO.
+type scope struct {
+	rdb    redis.UniversalClient
+	prefix string
+	legacy bool
+	log    *slog.Logger
+
+	mu    sync.Mutex // guards known
+	known []string   // nil until resolved
+}
+
+func newScope(rdb redis.UniversalClient, opts Options) *scope {
+	sc := &scope{rdb: rdb, prefix: opts.Prefix, legacy: opts.LegacyEvents, log: opts.Source.Logger}
+	if db, ok := dbOf(rdb); ok {
+		sc.known = sc.forDB(db)
+	}
+	return sc
+}
+
+// dbOf returns the DB rdb selects, if its options say.
+func dbOf(rdb redis.UniversalClient) (int, bool) {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().DB, true
+	case *redis.ClusterClient:
+		// A failover client that routes to replicas is a ClusterClient
+		// with ClusterSlots, and selects its DB on connect.
+		return 0, c.Options().ClusterSlots == nil
+	}
+	return 0, false
+}
+
+// forDB returns the channels of a deployment on DB db: its own, then the
+// legacy one if Options.LegacyEvents asks for it.
+func (sc *scope) forDB(db int) []string {
+	legacy := sc.prefix + "events"
 	if db == 0 {
 		return []string{legacy}
 	}
 	own := legacy + ":db" + strconv.Itoa(db)
-	if opts.LegacyEvents {
+	if sc.legacy {
 		return []string{own, legacy}
 	}
 	return []string{own}
 }
 
-// dbOf returns the DB rdb selects. A client type other than *redis.Client
-// (standalone or Sentinel), *redis.Ring or *redis.ClusterClient counts as
-// DB 0.
-func dbOf(rdb redis.UniversalClient) int {
-	switch c := rdb.(type) {
-	case *redis.Client:
-		return c.Options().DB
-	case *redis.Ring:
-		return c.Options().DB
+// channels returns the channels, asking the server for the DB if the
+// client's options do not say. A server that refuses CLIENT INFO (before
+// Redis 6.2, or an ACL without +client|info) is taken to be on DB 0, with a
+// warning.
+func (sc *scope) channels(ctx context.Context) ([]string, error) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.known != nil {
+		return sc.known, nil
 	}
-	return 0
+	info, err := sc.rdb.ClientInfo(ctx).Result()
+	var rerr redis.Error
+	switch {
+	case err == nil:
+		sc.known = sc.forDB(info.DB)
+	case errors.As(err, &rerr):
+		sc.log.Warn("tokencache: cannot tell which DB this client uses (CLIENT INFO refused); events use the DB 0 channel, so give deployments on other DBs of this server another Prefix",
+			slog.Any("error", err))
+		sc.known = sc.forDB(0)
+	default:
+		return nil, err
+	}
+	return sc.known, nil
 }
 
 // publishTo appends the channels to a script's arguments.
-func (s *Store) publishTo(args []any) []any {
-	for _, ch := range s.channels {
+func (s *Store) publishTo(ctx context.Context, args []any) ([]any, error) {
+	chans, err := s.scope.channels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, ch := range chans {
 		args = append(args, ch)
 	}
-	return args
+	return args, nil
+}
+
+// rateLog lets a warning through at most once a minute.
+type rateLog struct {
+	mu      sync.Mutex // guards last and dropped
+	last    time.Time
+	dropped int
+}
+
+// allow reports whether to log now, and how many were dropped since.
+func (r *rateLog) allow() (bool, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.last) >= time.Minute {
+		n := r.dropped
+		r.last, r.dropped = now, 0
+		return true, n
+	}
+	r.dropped++
+	return false, 0
 }
 
 func formatEvent(kind byte, version int64, name string) string {
@@ -100,24 +178,26 @@ func parseEvent(p string) (string, token.Event, bool) {
 // first watcher and stopping it with the last. It does no I/O.
 func (s *Store) watch(name string, fn func(token.Event)) (stop func()) {
 	w := &watcher{fn: fn}
-	s.mu.Lock()
-	set := s.watchers[name]
+	l := &s.listener
+	l.mu.Lock()
+	set := l.watchers[name]
 	if set == nil {
 		set = make(map[*watcher]struct{})
-		s.watchers[name] = set
+		l.watchers[name] = set
 	}
 	set[w] = struct{}{}
-	s.n++
-	if s.stopSub == nil {
+	l.n++
+	if l.stop == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		s.stopSub, s.subDone = cancel, make(chan struct{})
-		go s.listen(ctx, s.subDone)
+		l.stop, l.done = cancel, make(chan struct{})
+		go s.listen(ctx, l.done)
 	}
-	deaf := s.deaf
-	s.mu.Unlock()
-	if deaf {
+	if l.deaf {
+		// Under the lock, so that a Resync cannot overtake it; fn only
+		// records the state.
 		fn(token.Event{Kind: token.Unsubscribed})
 	}
+	l.mu.Unlock()
 	var once sync.Once
 	return func() { once.Do(func() { s.unwatch(name, w) }) }
 }
@@ -125,23 +205,30 @@ func (s *Store) watch(name string, fn func(token.Event)) (stop func()) {
 // unwatch removes w and, with the last watcher, stops the listener, waiting
 // for it at most closeWait: an unanswered socket must not hold up Close.
 func (s *Store) unwatch(name string, w *watcher) {
-	s.mu.Lock()
-	delete(s.watchers[name], w)
-	if len(s.watchers[name]) == 0 {
-		delete(s.watchers, name)
+	l := &s.listener
+	l.mu.Lock()
+	delete(l.watchers[name], w)
+	if len(l.watchers[name]) == 0 {
+		delete(l.watchers, name)
 	}
-	s.n--
+	l.n--
 	var stop context.CancelFunc
 	var done chan struct{}
-	if s.n == 0 {
-		stop, done = s.stopSub, s.subDone
-		s.stopSub, s.subDone, s.deaf = nil, nil, false
+	var sub *redis.PubSub
+	if l.n == 0 {
+		stop, done, sub = l.stop, l.done, l.sub
+		l.stop, l.done, l.sub, l.deaf = nil, nil, nil, false
 	}
-	s.mu.Unlock()
+	l.mu.Unlock()
 	if stop == nil {
 		return
 	}
 	stop()
+	if sub != nil {
+		// Interrupts a blocked receive. Close waits for a dial in progress,
+		// so it runs on its own.
+		go func() { _ = sub.Close() }()
+	}
 	t := time.NewTimer(closeWait)
 	defer t.Stop()
 	select {
@@ -151,10 +238,10 @@ func (s *Store) unwatch(name string, w *watcher) {
 	}
 }
 
-// listen subscribes and dispatches events until ctx is done. A
-// subscription that was refused, or not confirmed in time, is retried with
-// a growing wait; meanwhile watchers are told Unsubscribed, and re-read on
-// demand.
+// listen subscribes and dispatches events until ctx is done. A subscription
+// that was refused, not confirmed in time, or lost is made anew, with a
+// growing wait after failures; until it is confirmed, watchers are told
+// Unsubscribed and re-read on demand.
 func (s *Store) listen(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	wait := time.Second
@@ -170,7 +257,7 @@ func (s *Store) listen(ctx context.Context, done chan struct{}) {
 			if !failing {
 				failing = true
 				s.log.Warn("tokencache: notifications unavailable: subscribing failed; tokens are re-read on demand until it succeeds",
-					slog.Any("channels", s.channels), slog.Any("error", err))
+					slog.Any("error", err))
 			}
 			s.setDeaf(true)
 			t.Reset(wait)
@@ -187,19 +274,29 @@ func (s *Store) listen(ctx context.Context, done chan struct{}) {
 		}
 		failing, confirmed, wait = false, true, time.Second
 		s.setDeaf(false)
-		s.consume(ctx, sub)
+		err = s.receive(ctx, sub)
+		if ctx.Err() != nil {
+			return
+		}
+		// Whatever was published until the next confirmation is lost.
+		s.log.Info("tokencache: subscription lost; subscribing again", slog.Any("error", err))
+		s.setDeaf(true)
 	}
 }
 
 // subscribe subscribes to the channels and waits for the server to confirm
 // each, so that a refusal (an ACL without +subscribe) is seen.
 func (s *Store) subscribe(ctx context.Context) (*redis.PubSub, error) {
-	sub := s.rdb.Subscribe(ctx) // no channels: no I/O yet
-	if err := sub.Subscribe(ctx, s.channels...); err != nil {
-		_ = sub.Close()
+	chans, err := s.scope.channels(ctx)
+	if err != nil {
 		return nil, err
 	}
-	for need := len(s.channels); need > 0; {
+	sub := s.rdb.Subscribe(ctx, chans...)
+	if !s.setSub(sub) {
+		_ = sub.Close()
+		return nil, context.Canceled
+	}
+	for need := len(chans); need > 0; {
 		m, err := sub.ReceiveTimeout(ctx, confirmTimeout)
 		if err != nil {
 			_ = sub.Close()
@@ -217,34 +314,52 @@ func (s *Store) subscribe(ctx context.Context) (*redis.PubSub, error) {
 	return sub, nil
 }
 
-// consume dispatches messages until ctx is done or the subscription ends,
-// then closes it. go-redis re-subscribes after a disconnect; events
-// published before the server confirmed that are lost, so every watcher
-// is told to re-read.
-func (s *Store) consume(ctx context.Context, sub *redis.PubSub) {
-	ch := sub.ChannelWithSubscriptions(redis.WithChannelSize(1024))
-	defer func() {
-		_ = sub.Close()
-		for range ch { // until go-redis's reader has stopped
-		}
-	}()
+// setSub records the listener's subscription, so that unwatch can close it;
+// false if the listener was stopped.
+func (s *Store) setSub(sub *redis.PubSub) bool {
+	l := &s.listener
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stop == nil {
+		return false
+	}
+	l.sub = sub
+	return true
+}
+
+// receive dispatches messages until the subscription fails or ctx is done,
+// then closes it. It pings a quiet connection, so that a dead one is noticed.
+// go-redis would re-subscribe on its own after a disconnect and drop the
+// server's answer; receive returns instead, so that listen re-subscribes and
+// sees a refusal.
+func (s *Store) receive(ctx context.Context, sub *redis.PubSub) error {
+	defer func() { _ = sub.Close() }()
+	pinged := false
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m, ok := <-ch:
-			if !ok {
-				return
+		m, err := sub.ReceiveTimeout(ctx, pingEvery)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ne net.Error
+		switch {
+		case err == nil:
+			pinged = false
+		case errors.As(err, &ne) && ne.Timeout() && !pinged:
+			if err := sub.Ping(ctx); err != nil {
+				return err
 			}
-			switch m := m.(type) {
-			case *redis.Subscription:
-				if m.Kind == "subscribe" && m.Channel == s.channels[0] {
-					s.log.Info("tokencache: subscription re-established; re-reading tokens")
-					s.setDeaf(false)
-				}
-			case *redis.Message:
-				s.deliver(m)
+			pinged = true
+			continue
+		default:
+			return err
+		}
+		switch m := m.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" {
+				return errors.New("rediscache: server ended the subscription: " + m.Kind)
 			}
+		case *redis.Message:
+			s.deliver(m)
 		}
 	}
 }
@@ -252,9 +367,10 @@ func (s *Store) consume(ctx context.Context, sub *redis.PubSub) {
 // setDeaf records whether notifications are unavailable and tells every
 // watcher: Unsubscribed, or Resync when they are back (or confirmed).
 func (s *Store) setDeaf(deaf bool) {
-	s.mu.Lock()
-	s.deaf = deaf
-	s.mu.Unlock()
+	l := &s.listener
+	l.mu.Lock()
+	l.deaf = deaf
+	l.mu.Unlock()
 	if deaf {
 		s.broadcast(token.Event{Kind: token.Unsubscribed})
 	} else {
@@ -265,33 +381,38 @@ func (s *Store) setDeaf(deaf bool) {
 func (s *Store) deliver(m *redis.Message) {
 	name, ev, ok := parseEvent(m.Payload)
 	if !ok {
-		s.log.Warn("tokencache: ignoring malformed notification", slog.Int("bytes", len(m.Payload)))
+		if ok, dropped := s.malformed.allow(); ok {
+			s.log.Warn("tokencache: ignoring malformed notifications (logged once a minute)",
+				slog.Int("bytes", len(m.Payload)), slog.Int("dropped_since_last", dropped))
+		}
 		return
 	}
 	s.dispatch(name, ev)
 }
 
 func (s *Store) dispatch(name string, ev token.Event) {
-	s.mu.Lock()
-	fns := make([]func(token.Event), 0, len(s.watchers[name]))
-	for w := range s.watchers[name] {
+	l := &s.listener
+	l.mu.Lock()
+	fns := make([]func(token.Event), 0, len(l.watchers[name]))
+	for w := range l.watchers[name] {
 		fns = append(fns, w.fn)
 	}
-	s.mu.Unlock()
+	l.mu.Unlock()
 	for _, fn := range fns {
 		fn(ev)
 	}
 }
 
 func (s *Store) broadcast(ev token.Event) {
-	s.mu.Lock()
+	l := &s.listener
+	l.mu.Lock()
 	var fns []func(token.Event)
-	for _, set := range s.watchers {
+	for _, set := range l.watchers {
 		for w := range set {
 			fns = append(fns, w.fn)
 		}
 	}
-	s.mu.Unlock()
+	l.mu.Unlock()
 	for _, fn := range fns {
 		fn(ev)
 	}

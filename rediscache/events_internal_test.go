@@ -37,7 +37,8 @@ func TestParseEventRefusesHostilePayloads(t *testing.T) {
 }
 
 // TestChannels: the channel names the DB, except on DB 0 and a Cluster,
-// where it is the one earlier releases used; LegacyEvents adds that one.
+// where it is the one earlier releases used; LegacyEvents adds that one. The
+// DB is known from the options of these clients, without I/O.
 func TestChannels(t *testing.T) {
 	db := func(n int) redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DB: n}) }
 	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
@@ -54,7 +55,8 @@ func TestChannels(t *testing.T) {
 		{"db3 legacy", db(3), true, "p:events:db3,p:events"},
 		{"cluster", cluster, true, "p:events"},
 	} {
-		got := strings.Join(channels(tc.rdb, Options{Prefix: "p:", LegacyEvents: tc.legacy}), ",")
+		sc := newScope(tc.rdb, Options{Prefix: "p:", LegacyEvents: tc.legacy})
+		got := strings.Join(sc.known, ",")
 		if got != tc.want {
 			t.Errorf("%s: channels = %s, want %s", tc.name, got, tc.want)
 		}

@@ -99,17 +99,21 @@ type Store struct {
 	codec codec
 	err   error // from the options, returned by Credential
 
-	// channels are where events are published: the deployment's channel,
-	// then the legacy one if Options.LegacyEvents asks for it.
-	channels []string
+	scope     *scope  // the channels events are published on
+	malformed rateLog // warnings about malformed notifications
+	listener  listenerState
+}
 
-	// mu guards the watchers and the listener's state.
-	mu       sync.Mutex
+// listenerState is the subscription's state, shared by watch, unwatch and
+// the listener goroutine.
+type listenerState struct {
+	mu       sync.Mutex // guards every field below
 	watchers map[string]map[*watcher]struct{}
 	n        int                // watchers in all
-	stopSub  context.CancelFunc // stops the listener; nil while none runs
-	subDone  chan struct{}      // closed when the listener has stopped
-	deaf     bool               // the subscription failed and is not yet confirmed
+	stop     context.CancelFunc // stops the listener; nil while none runs
+	done     chan struct{}      // closed when the listener has stopped
+	sub      *redis.PubSub      // the listener's current subscription, if any
+	deaf     bool               // notifications are unavailable
 }
 
 type watcher struct{ fn func(token.Event) }
@@ -124,6 +128,11 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		// in one Cluster slot.
 		err = fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
 	}
+	if _, ok := rdb.(*redis.Ring); ok {
+		// A Ring shards channels apart from keys: scripts would publish on
+		// one shard while the subscription listens on another.
+		err = errors.New("rediscache: *redis.Ring is not supported: use a standalone, Sentinel or Cluster client")
+	}
 	return &Store{
 		rdb:      rdb,
 		opts:     opts,
@@ -131,8 +140,8 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		log:      opts.Source.Logger,
 		codec:    c,
 		err:      err,
-		channels: channels(rdb, opts),
-		watchers: make(map[string]map[*watcher]struct{}),
+		scope:    newScope(rdb, opts),
+		listener: listenerState{watchers: make(map[string]map[*watcher]struct{})},
 	}
 }
 
@@ -316,7 +325,10 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 		// Loads would call it malformed, and every instance would fetch.
 		return fmt.Errorf("rediscache: save %s: %w: %d bytes", c.name, token.ErrTokenTooLarge, len(sh.Value))
 	}
-	args := c.s.publishTo([]any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name)})
+	args, err := c.s.publishTo(ctx, []any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name)})
+	if err != nil {
+		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
+	}
 	ok, err := saveScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff}, args...).Int()
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
@@ -343,7 +355,10 @@ return 1
 
 // Invalidate implements token.Store.
 func (c *Credential) Invalidate(ctx context.Context, version int64) (bool, error) {
-	args := c.s.publishTo([]any{strconv.FormatInt(version, 10), formatEvent('i', version, c.name)})
+	args, err := c.s.publishTo(ctx, []any{strconv.FormatInt(version, 10), formatEvent('i', version, c.name)})
+	if err != nil {
+		return false, fmt.Errorf("rediscache: invalidate %s: %w", c.name, err)
+	}
 	n, err := invalidateScript.Run(ctx, c.s.rdb, []string{c.token, c.fence}, args...).Int()
 	if err != nil {
 		return false, fmt.Errorf("rediscache: invalidate %s: %w", c.name, err)

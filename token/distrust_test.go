@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/tokencache/tokencache/token"
@@ -377,5 +378,106 @@ func TestUnsubscribedRechecksOnDemand(t *testing.T) {
 	}
 	if up.Calls() != 1 {
 		t.Errorf("upstream calls = %d, want 1", up.Calls())
+	}
+}
+
+// TestFetchCapEndsWithItsBackoff: when the backoff the fetch cap recorded is
+// over (10 minutes for a 1-hour token, in a synctest bubble), the Source
+// fetches again; the cap never holds it for a whole long lifetime. Callers
+// meanwhile learn why they wait.
+func TestFetchCapEndsWithItsBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		s := token.NewSource("test", up, st, st, opts())
+		defer s.Close()
+		tok, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range token.MaxFetchesPerLifetime - 1 {
+			if err := s.Invalidate(ctx, tok.Value); err != nil {
+				t.Fatal(err)
+			}
+			if tok, err = s.Token(ctx); err != nil {
+				t.Fatalf("Token after Invalidate %d: %v", i+1, err)
+			}
+		}
+		_ = s.Invalidate(ctx, tok.Value)
+		if _, err = s.Token(ctx); !errors.Is(err, token.ErrTooManyFetches) {
+			t.Fatalf("fetch %d: %v, want ErrTooManyFetches", token.MaxFetchesPerLifetime+1, err)
+		}
+		var be *token.BackoffError
+		if _, err := s.Token(ctx); !errors.As(err, &be) || be.Failures != 1 || !strings.Contains(be.Last, "too many fetches") {
+			t.Errorf("a later caller: %v, want a BackoffError naming the cap", err)
+		}
+		time.Sleep(10*time.Minute + time.Second)
+		got, err := s.Token(ctx)
+		if err != nil || !up.Valid(got.Value) {
+			t.Fatalf("10 minutes later: %v, %v", got, err)
+		}
+		if n := up.Issued(); n != token.MaxFetchesPerLifetime+1 {
+			t.Errorf("upstream issued %d, want %d", n, token.MaxFetchesPerLifetime+1)
+		}
+	})
+}
+
+// TestSupersededEntryWaitsOutRetryInterval: a valid token that an event
+// marked superseded, whose refresh failed against a failing store, is served
+// without a new store call on every Token until RetryInterval has passed.
+func TestSupersededEntryWaitsOutRetryInterval(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	o := opts()
+	o.RetryInterval = time.Second
+	s := newSource(t, up, st, o)
+	tok, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, _ := st.Load(ctx)
+	st.SetDown(true)
+	st.Notify(token.Event{Kind: token.Refreshed, Version: sh.Version + 1})
+	before := st.Calls()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for time.Since(start) < 300*time.Millisecond {
+				if got, err := s.Token(ctx); err != nil || got.Value != tok.Value {
+					t.Errorf("Token = %v, %v; want the valid token", got, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := st.Calls() - before; n > 3 {
+		t.Errorf("%d store calls in 300ms with RetryInterval 1s", n)
+	}
+}
+
+// TestDirectFetchAfterInvalidate: with FetchWhenStoreDown, a token the
+// upstream rejected while the store is down is replaced by a direct fetch,
+// not served until it expires.
+func TestDirectFetchAfterInvalidate(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	o := opts()
+	o.FetchWhenStoreDown = true
+	o.RetryInterval = 10 * time.Millisecond
+	s := newSource(t, up, st, o)
+	tok, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.SetDown(true)
+	_ = s.Invalidate(ctx, tok.Value) // the store call fails; the entry is bad
+	got, err := s.Token(ctx)
+	if err != nil || got.Value == tok.Value || !up.Valid(got.Value) {
+		t.Fatalf("Token = %v, %v; want a directly fetched token", got, err)
 	}
 }

@@ -34,10 +34,11 @@ var (
 const MaxTokenLen = 32 << 10
 
 // MaxFetchesPerLifetime bounds how many tokens one Source fetches within
-// one token lifetime: the next fetch waits, through the shared backoff,
-// until the oldest of them is a lifetime old (10 minutes at most). Routine
-// refreshes need one fetch per lifetime, and each Invalidate of a current
-// token one more. Failed fetches do not count: Options.Backoff paces them.
+// one token lifetime, or within 10 minutes for tokens that live longer: the
+// next fetch waits, through the shared backoff, until the oldest of them
+// is that old. Routine refreshes need one fetch per lifetime, and each
+// Invalidate of a current token one more. Failed fetches do not count:
+// Options.Backoff paces them.
 const MaxFetchesPerLifetime = 5
 
 // permanentError is an error that DefaultBackoff treats as permanent.

@@ -243,13 +243,14 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 	valid := e.valid()
 	if valid && e.state.Load() == stateAhead {
 		// Refresh in the background; nobody waits while a token is valid.
-		s.mu.Lock()
-		now := time.Now()
-		retry := now.After(s.retryAt) && now.After(s.backoffUntil)
-		s.mu.Unlock()
-		if retry {
+		if s.mayRetry() {
 			_, _ = s.refresh()
 		}
+		return e.tok, nil
+	}
+	if valid && e.alive(s.dead.Load()) && !s.mayRetry() {
+		// Superseded, but the refresh that would replace it failed: keep
+		// serving it rather than retrying on every call.
 		return e.tok, nil
 	}
 	if !valid || !e.alive(s.dead.Load()) {
@@ -284,6 +285,15 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 			return Token{}, ctxErr(fmt.Sprintf("token: %s: waiting for a token", s.name), ctx)
 		}
 	}
+}
+
+// mayRetry reports whether a refresh may start: no failed refresh within
+// RetryInterval and no known shared backoff.
+func (s *Source) mayRetry() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	return now.After(s.retryAt) && now.After(s.backoffUntil)
 }
 
 // notYet returns the error a caller with no valid token gets without any
@@ -369,7 +379,7 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 
 		r, err := s.load(ctx)
 		if err != nil {
-			if errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown && !s.cur.Load().valid() {
+			if e := s.cur.Load(); errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown && (!e.valid() || !e.alive(s.dead.Load())) {
 				return s.fetchDirect()
 			}
 			return nil, err
@@ -676,8 +686,8 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
 		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
 			slog.Int("fetches", MaxFetchesPerLifetime), slog.Duration("backoff", wait))
-		err := fmt.Errorf("token: %s: %w", s.name, ErrTooManyFetches)
-		return nil, false, fmt.Errorf("%w (%w)", err, s.failed(ctx, b, wait, err))
+		b.Failures++
+		return nil, false, fmt.Errorf("%w: %w", ErrTooManyFetches, s.failed(ctx, b, wait, ErrTooManyFetches))
 	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
@@ -784,16 +794,22 @@ func (l *fetchLog) add(t time.Time) {
 	l.next = (l.next + 1) % len(l.at)
 }
 
+// maxFetchWindow caps the window MaxFetchesPerLifetime counts in, so that
+// long-lived tokens never make a Source wait longer.
+const maxFetchWindow = 10 * time.Minute
+
 // wait returns how long to wait before another fetch so that no more than
-// MaxFetchesPerLifetime start within one lifetime: 0 if one may start now.
+// MaxFetchesPerLifetime tokens are fetched within one lifetime (at most
+// maxFetchWindow): 0 if one may be fetched now.
 func (l *fetchLog) wait(now time.Time, lifetime time.Duration) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	window := min(lifetime, maxFetchWindow)
 	oldest := l.at[l.next]
-	if oldest.IsZero() || now.Sub(oldest) >= lifetime {
+	if oldest.IsZero() || now.Sub(oldest) >= window {
 		return 0
 	}
-	return min(oldest.Add(lifetime).Sub(now), 10*time.Minute)
+	return oldest.Add(window).Sub(now)
 }
 
 // check validates a fetched token.
@@ -899,6 +915,11 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 	}
 	if old := s.cur.Swap(e); old != nil && old.timer != nil {
 		old.timer.Stop()
+	}
+	if s.deaf.Load() && recheck == 0 {
+		// Unsubscribed arrived after the check above: onEvent may have
+		// flipped the previous entry instead of this one.
+		e.state.CompareAndSwap(stateFresh, stateAhead)
 	}
 	return e
 }

@@ -1,0 +1,184 @@
+package rediscache_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/rediscache"
+)
+
+// TestRefusedResubscription: the subscription is confirmed, then the
+// connection drops and the server refuses the new SUBSCRIBE (the ACL changed,
+// or a failover reached a server with another ACL). The Store must notice,
+// warn, and have its Sources re-read on demand, as for a first refusal.
+func TestRefusedResubscription(t *testing.T) {
+	addr := realRedis(t)
+	ctx := context.Background()
+	admin := newClient(t, addr)
+	user, pass := "tokencache-resub-test", "resub-test-password-0123456789"
+	args := []any{"ACL", "SETUSER", user, "reset"}
+	for _, f := range strings.Fields(strings.Replace(minimalACL, "%s", pass, 1)) {
+		args = append(args, f)
+	}
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
+	p := "tokencache:" + strings.TrimPrefix(prefix(t), "tct:")
+	restricted := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
+	t.Cleanup(func() { _ = restricted.Close() })
+	up := newUpstream(time.Hour)
+	var logsA syncBuffer
+	oA := testOptions(p)
+	oA.Source.Logger = jsonLogger(&logsA)
+	a, err := rediscache.New(restricted, oA).Source("c", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := rediscache.New(newClient(t, addr), testOptions(p)).Source("c", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t1, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSubs(t, admin, 2, p+"events")
+	admin.Do(ctx, "ACL", "SETUSER", user, "-subscribe")
+	admin.Do(ctx, "CLIENT", "KILL", "USER", user, "SKIPME", "yes")
+	if err := b.Invalidate(ctx, t1.Value); err != nil {
+		t.Fatal(err)
+	}
+	t2, err := b.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && got != t2.Value; {
+		tok, _ := a.Token(ctx)
+		got = tok.Value
+		time.Sleep(5 * time.Millisecond) // a caller's pace
+	}
+	if got != t2.Value {
+		t.Errorf("A still serves the invalidated token 3 s after the refusal")
+	}
+	if n := warnLogsMentioning(logsA.String(), "subscri"); n == 0 {
+		t.Errorf("no warning about the refused subscription; logs:\n%s", logsA.String())
+	}
+	if n := up.Issued(); n != 2 {
+		t.Errorf("upstream issued %d, want 2", n)
+	}
+}
+
+// TestMalformedNotificationsAreRateLimited: garbage on the channel is
+// ignored with one warning a minute, not one per message.
+func TestMalformedNotificationsAreRateLimited(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		p := prefix(t)
+		var logs syncBuffer
+		o := testOptions(p)
+		o.Source.Logger = jsonLogger(&logs)
+		s, err := rediscache.New(b.Client(t), o).Source("c", newUpstream(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := s.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitSubs(t, rdb, 1, p+"events")
+		for range 200 {
+			if err := rdb.Publish(ctx, p+"events", "garbage").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A valid event after the garbage: once it is handled, so is the garbage.
+		if err := rdb.Publish(ctx, p+"events", "r 4611686018427387904 c").Err(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for countLogs(logs.String(), "WARN", "does not confirm") == 0 && time.Now().Before(deadline) {
+			_, _ = s.Token(ctx)
+			time.Sleep(time.Millisecond) // the event is handled in the background
+		}
+		if n := countLogs(logs.String(), "WARN", "malformed notification"); n != 1 {
+			t.Errorf("%d warnings for 200 malformed notifications, want 1", n)
+		}
+	})
+}
+
+// TestRoutedSentinelClientSharesTheChannel: a Sentinel client that routes
+// reads to replicas (a *redis.ClusterClient underneath, which selects its DB
+// on connect) uses the same channel as a plain Sentinel client on that DB:
+// the DB comes from the server when the options do not say it.
+func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
+	sb, ok := redistest.SentinelBackend()
+	if !ok {
+		t.Skip("needs the Sentinel topology: set " + redistest.SentinelEnv)
+	}
+	ctx := context.Background()
+	p := prefix(t)
+	routed := redis.NewUniversalClient(&redis.UniversalOptions{MasterName: sb.Master, Addrs: sb.Sentinels, DB: 1, RouteRandomly: true})
+	defer routed.Close()
+	plain := redis.NewUniversalClient(&redis.UniversalOptions{MasterName: sb.Master, Addrs: sb.Sentinels, DB: 1})
+	defer plain.Close()
+	up := newUpstream(time.Hour)
+	a, err := rediscache.New(routed, testOptions(p)).Source("c", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := rediscache.New(plain, testOptions(p)).Source("c", up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t1, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := b.Token(ctx); err != nil || tok.Value != t1.Value {
+		t.Fatalf("not shared: %v, %v", tok, err)
+	}
+	waitSubs(t, plain, 2, p+"events:db1")
+	if err := b.Invalidate(ctx, t1.Value); err != nil {
+		t.Fatal(err)
+	}
+	t2, err := b.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got, err := a.Token(ctx)
+		if err == nil && got.Value == t2.Value {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the routed client's Source still serves the replaced token: %v, %v", got, err)
+		}
+		time.Sleep(time.Millisecond) // the notification arrives in the background
+	}
+}
+
+// TestRingIsRefused: a Ring shards channels apart from keys, so events would
+// never arrive; New says so instead of failing silently.
+func TestRingIsRefused(t *testing.T) {
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+	defer ring.Close()
+	if _, err := rediscache.New(ring, testOptions(prefix(t))).Source("c", newUpstream(time.Hour)); err == nil || !strings.Contains(err.Error(), "Ring") {
+		t.Errorf("Source on a Ring: %v, want an error naming Ring", err)
+	}
+}
