@@ -72,7 +72,7 @@ func TestMinimalACL(t *testing.T) {
 	}
 	st := rediscache.New(newUser(), o)
 	c, _ := st.Credential("c")
-	if err := c.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Millisecond, Err: "x"}); err != nil {
+	if err := c.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Millisecond, Class: token.ClassTemporary}); err != nil {
 		t.Fatalf("SaveBackoff: %v", err)
 	}
 	if _, err := c.LoadBackoff(ctx); err != nil {

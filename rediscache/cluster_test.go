@@ -311,7 +311,10 @@ func TestLateRefresherIsFenced(t *testing.T) {
 			<-proceed
 			return up.Fetch(ctx)
 		})
-		a := token.NewSource("c", slow, c, deafLocker{c}, o.Source)
+		a, err := token.NewSource("c", slow, c, deafLocker{c}, o.Source)
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer a.Close()
 		bsrc := instances(t, b, 1, up, o)[0]
 

@@ -27,6 +27,9 @@ type Limiter struct {
 // Limiter returns a Limiter for action on the credential called name. Its key
 // shares the credential's hash tag: {<prefix><name>}:limit:<action>.
 func (s *Store) Limiter(name, action string, l Limit) (*Limiter, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
 	if err := validName(name); err != nil {
 		return nil, err
 	}
@@ -40,8 +43,11 @@ func (s *Store) Limiter(name, action string, l Limit) (*Limiter, error) {
 }
 
 // limitScript counts the action in a hash {day, count, last} if the limit
-// allows it; times are the server's, in milliseconds.
-var limitScript = redis.NewScript(`
+// allows it; times are the server's, in milliseconds. A key of the wrong
+// type is replaced.
+var limitScript = redis.NewScript(luaPrelude + `
+local kt = keytype(KEYS[1])
+if kt ~= 'hash' and kt ~= 'none' then redis.call('DEL', KEYS[1]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = math.floor((now + tonumber(ARGV[3])) / 86400000)

@@ -152,7 +152,9 @@ func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
 	if tok, err := b.Token(ctx); err != nil || tok.Value != t1.Value {
 		t.Fatalf("not shared: %v, %v", tok, err)
 	}
-	waitSubs(t, plain, 2, p+"events:db1")
+	// A routed client may subscribe on a replica (PUBLISH reaches replicas
+	// through replication): count on every node.
+	waitSubsOnNodes(t, sb, 2, p+"events:db1")
 	if err := b.Invalidate(ctx, t1.Value); err != nil {
 		t.Fatal(err)
 	}
@@ -180,5 +182,43 @@ func TestRingIsRefused(t *testing.T) {
 	defer ring.Close()
 	if _, err := rediscache.New(ring, testOptions(prefix(t))).Source("c", newUpstream(time.Hour)); err == nil || !strings.Contains(err.Error(), "Ring") {
 		t.Errorf("Source on a Ring: %v, want an error naming Ring", err)
+	}
+}
+
+// waitSubsOnNodes waits until channel has n subscribers on the primary and
+// replicas of a Sentinel topology together.
+func waitSubsOnNodes(t *testing.T, sb redistest.Backend, n int64, channel string) {
+	t.Helper()
+	ctx := context.Background()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sb.Sentinels[0]})
+	defer sc.Close()
+	primary, err := sc.GetMasterAddrByName(ctx, sb.Master).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{primary[0] + ":" + primary[1]}
+	replicas, err := sc.Replicas(ctx, sb.Master).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range replicas {
+		addrs = append(addrs, r["ip"]+":"+r["port"])
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var subs int64
+		for _, a := range addrs {
+			c := redis.NewClient(&redis.Options{Addr: a})
+			m, _ := c.PubSubNumSub(ctx, channel).Result()
+			_ = c.Close()
+			subs += m[channel]
+		}
+		if subs >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscribers of %s on %v, want %d", subs, channel, addrs, n)
+		}
+		time.Sleep(10 * time.Millisecond) // polling server state
 	}
 }

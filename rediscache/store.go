@@ -47,6 +47,10 @@ import (
 // MaxNameLen, or holds braces, white space or control characters.
 var ErrInvalidName = errors.New("rediscache: invalid credential name")
 
+// minLockTTL is the shortest LockTTL: the lock is refreshed every quarter
+// of it, and a round trip must fit.
+const minLockTTL = 100 * time.Millisecond
+
 // MaxNameLen is the longest credential name.
 const MaxNameLen = 200
 
@@ -57,7 +61,8 @@ type Options struct {
 	Prefix string
 	// LockTTL is the refresh lock's time to live. The lock is kept alive
 	// while a fetch runs, so this bounds how long others wait after a
-	// refresher dies, not how long a fetch may take. Default 10s.
+	// refresher dies, not how long a fetch may take. Default 10s; at least
+	// 100ms.
 	LockTTL time.Duration
 	// Encryption, if set, seals tokens at rest with AES-GCM (see Keyring).
 	// Nil stores them in clear text: protect Redis with ACLs and TLS.
@@ -118,8 +123,9 @@ type listenerState struct {
 
 type watcher struct{ fn func(token.Event) }
 
-// New returns a Store on rdb. Invalid options (a bad Keyring) make every
-// Source and Credential call return the error.
+// New returns a Store on rdb. It does no I/O. Invalid arguments (a nil
+// client, a *redis.Ring, a LockTTL under 100ms, a bad Keyring or Prefix)
+// make every Source, Credential and Limiter call return the error.
 func New(rdb redis.UniversalClient, opts Options) *Store {
 	opts = opts.withDefaults()
 	c, err := newCodec(opts.Encryption)
@@ -127,6 +133,12 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		// A brace would split the hash tag that keeps a credential's keys
 		// in one Cluster slot.
 		err = fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
+	}
+	if opts.LockTTL < minLockTTL {
+		err = fmt.Errorf("%w: LockTTL %v is shorter than %v", token.ErrInvalidConfig, opts.LockTTL, minLockTTL)
+	}
+	if rdb == nil {
+		err = fmt.Errorf("%w: nil Redis client", token.ErrInvalidConfig)
 	}
 	if _, ok := rdb.(*redis.Ring); ok {
 		// A Ring shards channels apart from keys: scripts would publish on
@@ -153,7 +165,7 @@ func (s *Store) Source(name string, f token.Fetcher) (*token.Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return token.NewSource(name, f, c, c, s.opts.Source), nil
+	return token.NewSource(name, f, c, c, s.opts.Source)
 }
 
 // NewSource is New(rdb, opts).Source(name, f): a Source with a Store of its
@@ -197,6 +209,27 @@ func validName(name string) error {
 // Prefix returns the key prefix, with its default filled in.
 func (s *Store) Prefix() string { return s.opts.Prefix }
 
+// luaPrelude defines the helpers the scripts share.
+const luaPrelude = `
+local function keytype(k)
+  local t = redis.call('TYPE', k)
+  if type(t) == 'table' then t = t.ok end
+  return t
+end
+-- fixfence replaces a fence of the wrong type, rebuilding written (and
+-- next) from the stored token, so that a late refresher's older version is
+-- still refused.
+local function fixfence(fk, tk)
+  local ft = keytype(fk)
+  if ft == 'hash' or ft == 'none' then return end
+  redis.call('DEL', fk)
+  if keytype(tk) == 'string' then
+    local v = string.match(redis.call('GET', tk), '^%w|(%d+)|')
+    if v then redis.call('HSET', fk, 'written', v, 'next', v) end
+  end
+end
+`
+
 // Credential is one credential's keys in a Store. It implements token.Store
 // and token.Locker.
 type Credential struct {
@@ -214,14 +247,22 @@ var (
 // written and invalidated versions in one atomic step:
 // {value, pttl, written, invalidated}. pttl is -2 when there is no token
 // and -3 when the key holds another type.
-var loadScript = redis.NewScript(`
-local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
-local w, i = f[1] or '0', f[2] or '0'
-local t = redis.call('TYPE', KEYS[1])
-if type(t) == 'table' then t = t.ok end
+var loadScript = redis.NewScript(luaPrelude + `
+local w, i = '0', '0'
+if keytype(KEYS[2]) == 'hash' then
+  local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
+  w, i = f[1] or '0', f[2] or '0'
+end
+local t = keytype(KEYS[1])
 if t == 'none' then return {'', -2, w, i} end
 if t ~= 'string' then return {'', -3, w, i} end
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), w, i}
+local v = redis.call('GET', KEYS[1])
+if keytype(KEYS[2]) ~= 'hash' then
+  -- A fence of the wrong type (repaired by the next write): the token's
+  -- own version stands for it.
+  w = string.match(v, '^%w|(%d+)|') or '0'
+end
+return {v, redis.call('PTTL', KEYS[1]), w, i}
 `)
 
 // Load implements token.Store.
@@ -279,20 +320,19 @@ func parseVersion(v any) (int64, bool) {
 // nextVersionScript issues fencing versions: one more than the last, and
 // never less than the server's time in milliseconds, so that versions keep
 // growing after the keys were flushed or rolled back by a failover.
-var nextVersionScript = redis.NewScript(`
-local n = redis.call('HINCRBY', KEYS[1], 'next', 1)
+var nextVersionScript = redis.NewScript(luaPrelude + `
+fixfence(KEYS[1], KEYS[2])
+local n = (tonumber(redis.call('HGET', KEYS[1], 'next')) or 0) + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > n then
-  n = now
-  redis.call('HSET', KEYS[1], 'next', string.format('%d', n))
-end
+if now > n then n = now end
+redis.call('HSET', KEYS[1], 'next', string.format('%d', n))
 return n
 `)
 
 // NextVersion implements token.Store.
 func (c *Credential) NextVersion(ctx context.Context) (int64, error) {
-	n, err := nextVersionScript.Run(ctx, c.s.rdb, []string{c.fence}).Int64()
+	n, err := nextVersionScript.Run(ctx, c.s.rdb, []string{c.fence, c.token}).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("rediscache: next version %s: %w", c.name, err)
 	}
@@ -301,7 +341,8 @@ func (c *Credential) NextVersion(ctx context.Context) (int64, error) {
 
 // saveScript writes the token only if its version is newer than the last
 // written one, and publishes the refresh in the same step.
-var saveScript = redis.NewScript(`
+var saveScript = redis.NewScript(luaPrelude + `
+fixfence(KEYS[2], KEYS[1])
 local written = tonumber(redis.call('HGET', KEYS[2], 'written') or '0')
 if tonumber(ARGV[1]) <= written then return 0 end
 redis.call('HSET', KEYS[2], 'written', ARGV[1])
@@ -341,10 +382,9 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 
 // invalidateScript deletes the token only if it still has the given version:
 // a token that was already replaced is left alone.
-var invalidateScript = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1])
-if type(t) == 'table' then t = t.ok end
-if t ~= 'string' then return 0 end
+var invalidateScript = redis.NewScript(luaPrelude + `
+fixfence(KEYS[2], KEYS[1])
+if keytype(KEYS[1]) ~= 'string' then return 0 end
 local v = redis.call('GET', KEYS[1])
 if string.match(v, '^%w|(%d+)|') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -366,16 +406,20 @@ func (c *Credential) Invalidate(ctx context.Context, version int64) (bool, error
 	return n == 1, nil
 }
 
-// loadBackoffScript returns {failures, remaining ms, message}, measured on
-// the server's clock.
-var loadBackoffScript = redis.NewScript(`
-local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'err')
-if not h[1] then return {0, 0, ''} end
+// loadBackoffScript returns {failures, remaining ms, class, code},
+// measured on the server's clock. A key of the wrong type is removed.
+var loadBackoffScript = redis.NewScript(luaPrelude + `
+local kt = keytype(KEYS[1])
+if kt ~= 'hash' then
+  if kt ~= 'none' then redis.call('DEL', KEYS[1]) end
+  return {0, 0, '', ''}
+end
+local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'class', 'code')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = (tonumber(h[2]) or 0) - now
 if left < 0 then left = 0 end
-return {tonumber(h[1]), left, h[3] or ''}
+return {tonumber(h[1]) or 0, left, h[3] or '', h[4] or ''}
 `)
 
 // LoadBackoff implements token.Store.
@@ -384,32 +428,65 @@ func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 	if err != nil {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
 	}
-	if len(res) != 3 {
+	if len(res) != 4 {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: reply of %d items", c.name, len(res))
 	}
 	failures, _ := res[0].(int64)
 	left, _ := res[1].(int64)
-	msg, _ := res[2].(string)
-	return token.Backoff{Failures: int(failures), Remaining: time.Duration(left) * time.Millisecond, Err: msg}, nil
+	class, _ := res[2].(string)
+	code, _ := res[3].(string)
+	return token.Backoff{
+		Failures:  int(min(max(failures, 0), 1<<20)),
+		Remaining: time.Duration(min(left, maxBackoff.Milliseconds())) * time.Millisecond,
+		Class:     cleanClass(class),
+		Code:      cleanCode(code),
+	}, nil
 }
 
-// saveBackoffScript records a backoff until server time + ARGV[2] ms. The
-// record outlives the wait, so that failures keep counting.
-var saveBackoffScript = redis.NewScript(`
+// maxBackoff bounds a backoff read from Redis: a forged record must not stop
+// a credential for longer.
+const maxBackoff = time.Hour
+
+// cleanClass keeps a class read from Redis if it is one of token's.
+func cleanClass(c string) string {
+	switch c {
+	case token.ClassTemporary, token.ClassPermanent, token.ClassTimeout, token.ClassInvalidToken,
+		token.ClassTooLarge, token.ClassTooManyFetches, token.ClassPanic:
+		return c
+	}
+	return "unknown"
+}
+
+// cleanCode keeps a code read from Redis if it is short and plain.
+func cleanCode(c string) string {
+	if len(c) > 32 || strings.IndexFunc(c, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r))
+	}) >= 0 {
+		return ""
+	}
+	return c
+}
+
+// saveBackoffScript records a backoff until server time + ARGV[2] ms, or
+// removes the record if ARGV[1] and ARGV[2] are 0. The record outlives the
+// wait, so that failures keep counting. The 'err' field that releases before
+// error classes wrote (a free-form message) is removed.
+var saveBackoffScript = redis.NewScript(luaPrelude + `
+if keytype(KEYS[1]) ~= 'hash' or (ARGV[1] == '0' and ARGV[2] == '0') then redis.call('DEL', KEYS[1]) end
+if ARGV[1] == '0' and ARGV[2] == '0' then return 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'err', ARGV[3])
+redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'class', ARGV[3], 'code', ARGV[4])
+redis.call('HDEL', KEYS[1], 'err')
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 3600000)
 return 1
 `)
 
-// SaveBackoff implements token.Store.
+// SaveBackoff implements token.Store. The zero Backoff removes the record.
 func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
-	msg := b.Err
-	if len(msg) > 1024 {
-		msg = msg[:1024]
-	}
-	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}, b.Failures, b.Remaining.Milliseconds(), msg).Err()
+	ms := max(b.Remaining.Milliseconds(), 0)
+	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff},
+		max(b.Failures, 0), ms, cleanClass(b.Class), cleanCode(b.Code)).Err()
 	if err != nil {
 		return fmt.Errorf("rediscache: save backoff %s: %w", c.name, err)
 	}
@@ -421,12 +498,34 @@ func (c *Credential) Watch(fn func(token.Event)) (stop func()) {
 	return c.s.watch(c.name, fn)
 }
 
+// repairLockScript removes a lock key that package lock cannot have written:
+// not a string, or without a TTL.
+var repairLockScript = redis.NewScript(luaPrelude + `
+local kt = keytype(KEYS[1])
+if kt == 'none' then return 0 end
+if kt == 'string' and redis.call('PTTL', KEYS[1]) >= 0 then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
 // TryLock implements token.Locker with package lock: the lock is kept alive
 // until released.
 func (c *Credential) TryLock(ctx context.Context) (token.Held, error) {
 	l, err := c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
-	if errors.Is(err, lock.ErrNotObtained) {
-		return nil, token.ErrLocked
+	if err != nil && (errors.Is(err, lock.ErrNotObtained) || strings.Contains(err.Error(), "WRONGTYPE")) {
+		// A lock of the wrong type or without a TTL is nobody's: it
+		// would block every refresh forever.
+		if n, rerr := repairLockScript.Run(ctx, c.s.rdb, []string{c.lock}).Int(); rerr != nil || n == 0 {
+			if errors.Is(err, lock.ErrNotObtained) {
+				return nil, token.ErrLocked
+			}
+			return nil, fmt.Errorf("rediscache: lock %s: %w", c.name, err)
+		}
+		c.s.log.Warn("tokencache: removed a refresh lock that was not ours (wrong type or no TTL)", slog.String("credential", c.name))
+		l, err = c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
+		if errors.Is(err, lock.ErrNotObtained) {
+			return nil, token.ErrLocked
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("rediscache: lock %s: %w", c.name, err)

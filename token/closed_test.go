@@ -19,8 +19,7 @@ func TestTokenAfterCloseWithBackoff(t *testing.T) {
 	st := tokentest.NewStore()
 	o := opts()
 	o.Backoff = func(error, int) time.Duration { return time.Minute }
-	s := token.NewSource("test", up, st, st, o)
-	t.Cleanup(func() { _ = s.Close() })
+	s := newSource(t, up, st, o)
 
 	if _, err := s.Token(ctx); err == nil {
 		t.Fatal("the failing fetch succeeded")

@@ -144,7 +144,10 @@ func TestAnnouncedWriteOutranksAnOlderRead(t *testing.T) {
 	var logs syncBuffer
 	o := opts()
 	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
-	s := token.NewSource("test", up, st, st, o)
+	s, err := token.NewSource("test", up, st, st, o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer s.Close()
 	first, err := s.Token(ctx)
 	if err != nil {
@@ -390,7 +393,10 @@ func TestFetchCapEndsWithItsBackoff(t *testing.T) {
 		ctx := context.Background()
 		up := tokentest.New(time.Hour)
 		st := tokentest.NewStore()
-		s := token.NewSource("test", up, st, st, opts())
+		s, err := token.NewSource("test", up, st, st, opts())
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer s.Close()
 		tok, err := s.Token(ctx)
 		if err != nil {
@@ -409,7 +415,7 @@ func TestFetchCapEndsWithItsBackoff(t *testing.T) {
 			t.Fatalf("fetch %d: %v, want ErrTooManyFetches", token.MaxFetchesPerLifetime+1, err)
 		}
 		var be *token.BackoffError
-		if _, err := s.Token(ctx); !errors.As(err, &be) || be.Failures != 1 || !strings.Contains(be.Last, "too many fetches") {
+		if _, err := s.Token(ctx); !errors.As(err, &be) || be.Failures != 1 || be.Class != token.ClassTooManyFetches || !errors.Is(err, token.ErrTooManyFetches) {
 			t.Errorf("a later caller: %v, want a BackoffError naming the cap", err)
 		}
 		time.Sleep(10*time.Minute + time.Second)

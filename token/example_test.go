@@ -16,9 +16,12 @@ func ExampleNewSource() {
 	f := token.FetcherFunc(func(ctx context.Context) (token.Token, error) {
 		return token.Token{Value: "0123456789abcdef-token", ExpiresAt: time.Now().Add(time.Hour)}, nil
 	})
-	a := token.NewSource("partner-api", f, shared, shared, token.Options{})
+	a, err := token.NewSource("partner-api", f, shared, shared, token.Options{})
+	if err != nil {
+		panic(err)
+	}
 	defer a.Close()
-	b := token.NewSource("partner-api", f, shared, shared, token.Options{})
+	b, _ := token.NewSource("partner-api", f, shared, shared, token.Options{})
 	defer b.Close()
 
 	ta, _ := a.Token(context.Background())

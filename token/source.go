@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -199,9 +200,10 @@ type Source struct {
 	wake    chan struct{} // closed and replaced on every event
 	retryAt time.Time     // no background refresh before this
 	// A shared backoff this instance knows of: until then, callers with no
-	// valid token get backoffErr without asking Redis.
+	// valid token get a BackoffError without asking Redis.
 	backoffUntil time.Time
-	backoffErr   error
+	backoff      Backoff
+	backoffCause error // the failure, if this instance saw it
 	// After a store failure, callers with no valid token get storeFailErr
 	// until retryAt without asking the store again.
 	storeFailErr error
@@ -212,7 +214,19 @@ type Source struct {
 
 // NewSource returns a Source for the credential called name (used in logs
 // and errors) that fetches with f and coordinates through store and locker.
-func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options) *Source {
+// It does no I/O. It returns an error wrapping ErrInvalidConfig if an
+// argument is missing.
+func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options) (*Source, error) {
+	switch {
+	case name == "":
+		return nil, fmt.Errorf("%w: empty credential name", ErrInvalidConfig)
+	case f == nil:
+		return nil, fmt.Errorf("%w: %s: nil Fetcher", ErrInvalidConfig, name)
+	case store == nil:
+		return nil, fmt.Errorf("%w: %s: nil Store", ErrInvalidConfig, name)
+	case locker == nil:
+		return nil, fmt.Errorf("%w: %s: nil Locker", ErrInvalidConfig, name)
+	}
 	opts = opts.withDefaults()
 	s := &Source{
 		name:    name,
@@ -225,7 +239,7 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stopWatch = store.Watch(s.onEvent)
-	return s
+	return s, nil
 }
 
 // Token returns a valid token. While the near-cached token is fresh it does
@@ -307,7 +321,7 @@ func (s *Source) notYet() error {
 	case s.closed:
 		return ErrClosed
 	case now.Before(s.backoffUntil):
-		return s.backoffErr
+		return s.backoffErrLocked(now)
 	case s.storeFailErr != nil && now.Before(s.retryAt):
 		return s.storeFailErr
 	}
@@ -347,7 +361,7 @@ func (s *Source) startLocked() *call {
 		c.e, c.err = s.run(ctx)
 		cancel()
 		if c.err != nil && s.ctx.Err() == nil && !errors.Is(c.err, ErrStoreUnavailable) {
-			s.log.Warn("tokencache: refresh failed", slog.Any("error", c.err))
+			s.log.Warn("tokencache: refresh failed", errAttr(c.err))
 		}
 		s.mu.Lock()
 		s.flight = nil
@@ -401,7 +415,7 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			if lost {
 				// We lost the lock mid-refresh, so another instance may
 				// have taken over: read again and wait for it.
-				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", slog.Any("error", err))
+				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
 				continue
 			}
 			if e != nil || err != nil {
@@ -478,7 +492,7 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	case errors.Is(err, ErrMalformed):
 		s.storeUp(false)
 		s.confirm(seen, dead, sh.Fence)
-		s.log.Warn("tokencache: unreadable shared token, treating it as missing", slog.Any("error", err))
+		s.log.Warn("tokencache: unreadable shared token, treating it as missing", errAttr(err))
 		return read{sh: Shared{Fence: sh.Fence}}, nil
 	default:
 		if ctx.Err() != nil {
@@ -544,7 +558,8 @@ func (s *Source) fetchDirect() (*entry, error) {
 		s.directFailures++
 		n := s.directFailures
 		s.mu.Unlock()
-		s.backingOff(Backoff{Failures: n, Remaining: s.opts.Backoff(err, n), Err: err.Error()})
+		class, code := Classify(err)
+		s.backingOff(Backoff{Failures: n, Remaining: s.opts.Backoff(err, n), Class: class, Code: code}, err)
 		return nil, err
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())
@@ -559,13 +574,41 @@ func (s *Source) fetchDirect() (*entry, error) {
 }
 
 // backingOff remembers a shared backoff, so that callers fail fast without
-// asking Redis until it ends, and returns its error.
-func (s *Source) backingOff(b Backoff) error {
-	err := &BackoffError{Failures: b.Failures, Remaining: b.Remaining, Last: b.Err}
+// asking Redis until it ends, and returns its error. cause is the failure,
+// if this instance saw it.
+func (s *Source) backingOff(b Backoff, cause error) error {
 	s.mu.Lock()
-	s.backoffUntil, s.backoffErr = time.Now().Add(b.Remaining), err
+	defer s.mu.Unlock()
+	s.backoff, s.backoffCause = b, cause
+	s.backoffUntil = time.Now().Add(b.Remaining)
+	return s.backoffErrLocked(time.Now())
+}
+
+// backoffErrLocked is the error of the known backoff, with the time
+// actually left at now.
+func (s *Source) backoffErrLocked(now time.Time) error {
+	b := s.backoff
+	return &BackoffError{Failures: b.Failures, Remaining: s.backoffUntil.Sub(now), Class: b.Class, Code: b.Code, cause: s.backoffCause}
+}
+
+// endBackoffLocked forgets the known backoff.
+func (s *Source) endBackoffLocked() {
+	s.backoffUntil, s.backoff, s.backoffCause = time.Time{}, Backoff{}, nil
+}
+
+// ResetBackoff ends the shared backoff of this credential on every
+// instance, e.g. after a wrong secret was fixed: the next Token that needs a
+// token fetches at once. A backoff recorded by a Fetcher of another identity
+// does not apply anyway.
+func (s *Source) ResetBackoff(ctx context.Context) error {
+	if err := s.store.SaveBackoff(ctx, Backoff{}); err != nil {
+		return fmt.Errorf("token: %s: reset backoff: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.endBackoffLocked()
+	s.retryAt, s.storeFailErr = time.Time{}, nil
 	s.mu.Unlock()
-	return err
+	return nil
 }
 
 // Outage levels. A store can fail to write while it still reads (out of
@@ -594,7 +637,7 @@ func (s *Source) storeErr(op string, write bool, err error) error {
 		}
 		if old == outageNone {
 			s.log.Warn("tokencache: shared store unavailable; serving the near-cached token while it is valid",
-				slog.String("op", op), slog.Any("error", err))
+				slog.String("op", op), errAttr(err))
 		}
 		break
 	}
@@ -681,7 +724,7 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 		return nil, false, s.storeErr("read backoff", false, err)
 	}
 	if b.Remaining > 0 {
-		return nil, false, s.backingOff(b)
+		return nil, false, s.backingOff(b, nil)
 	}
 	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
 		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
@@ -744,7 +787,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	case err != nil && !errors.Is(err, ErrFenced):
 		// The token is good but other instances cannot see it; they will
 		// refresh on their own.
-		s.log.Warn("tokencache: could not share the new token", slog.Any("error", err))
+		s.log.Warn("tokencache: could not share the new token", errAttr(err))
 	}
 	return e, false, nil
 }
@@ -826,13 +869,14 @@ func (s *Source) check(tok Token) error {
 // failed records a failed refresh in the shared backoff, so that every
 // instance waits for d, and returns the error callers get meanwhile.
 func (s *Source) failed(ctx context.Context, b Backoff, d time.Duration, err error) error {
-	b.Remaining, b.Err = d, err.Error()
+	b.Remaining = d
+	b.Class, b.Code = Classify(err)
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	if serr := s.store.SaveBackoff(bctx, b); serr != nil {
-		s.log.Warn("tokencache: could not share the upstream backoff", slog.Any("error", serr))
+		s.log.Warn("tokencache: could not share the upstream backoff", errAttr(serr))
 	}
-	return s.backingOff(b)
+	return s.backingOff(b, err)
 }
 
 // fetch calls the Fetcher but returns when ctx is done even if the Fetcher
@@ -845,6 +889,15 @@ func (s *Source) fetch(ctx context.Context) (Token, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				// The stack says where; the panic value may hold anything,
+				// so only its type is logged.
+				s.log.Error("tokencache: fetcher panicked", slog.String("panic_type", fmt.Sprintf("%T", p)),
+					slog.String("stack", string(debug.Stack())))
+				ch <- result{err: fmt.Errorf("%w (%T)", ErrFetcherPanic, p)}
+			}
+		}()
 		tok, err := s.fetcher.Fetch(ctx)
 		ch <- result{tok, err}
 	}()
@@ -881,7 +934,7 @@ func (s *Source) adopt(sh Shared, recheck time.Duration) *entry {
 	}
 	s.mu.Lock()
 	s.pending = nil // the store's token wins over one fetched without it
-	s.backoffUntil, s.backoffErr = time.Time{}, nil
+	s.endBackoffLocked()
 	s.mu.Unlock()
 	return e
 }
@@ -959,7 +1012,8 @@ func (s *Source) onEvent(ev Event) {
 	if ev.Kind == Refreshed {
 		// A token was saved: whatever backoff or store failure this
 		// instance knew of is over.
-		s.backoffUntil, s.backoffErr, s.storeFailErr = time.Time{}, nil, nil
+		s.endBackoffLocked()
+		s.storeFailErr = nil
 	}
 	close(s.wake)
 	s.wake = make(chan struct{})

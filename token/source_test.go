@@ -35,7 +35,10 @@ func opts() token.Options {
 
 func newSource(t testing.TB, up token.Fetcher, st *tokentest.Store, o token.Options) *token.Source {
 	t.Helper()
-	s := token.NewSource("test", up, st, st, o)
+	s, err := token.NewSource("test", up, st, st, o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
@@ -181,7 +184,7 @@ func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
 	// Every instance backs off: no fetch until the shared wait is over.
 	for _, src := range []*token.Source{s, other} {
 		var be *token.BackoffError
-		if _, err := src.Token(ctx); !errors.As(err, &be) || !errors.Is(err, token.ErrUpstreamBackoff) || !strings.Contains(be.Last, "quota exceeded") {
+		if _, err := src.Token(ctx); !errors.As(err, &be) || !errors.Is(err, token.ErrUpstreamBackoff) || be.Class != token.ClassTemporary {
 			t.Errorf("Token during the backoff: %v", err)
 		}
 	}
@@ -307,7 +310,10 @@ func TestWaiterHonoursContext(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	up := tokentest.New(time.Hour)
-	s := token.NewSource("test", up, tokentest.NewStore(), tokentest.NewStore(), opts())
+	s, err := token.NewSource("test", up, tokentest.NewStore(), tokentest.NewStore(), opts())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.Token(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -487,7 +493,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Release(context.Background())
-	s := token.NewSource("test", tokentest.New(time.Hour), st, st, opts())
+	s := newSource(t, tokentest.New(time.Hour), st, opts())
 	errc := make(chan error)
 	go func() {
 		_, err := s.Token(context.Background())

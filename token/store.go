@@ -116,19 +116,21 @@ type Store interface {
 	// LoadBackoff returns the failures recorded since the last successful
 	// Save, and how long every instance must still wait before fetching.
 	LoadBackoff(ctx context.Context) (Backoff, error)
-	// SaveBackoff records b; the next successful Save clears it.
+	// SaveBackoff records b; the next successful Save clears it, and so
+	// does a SaveBackoff of the zero Backoff.
 	SaveBackoff(ctx context.Context, b Backoff) error
 }
 
-// Backoff is the shared record of failed refreshes of one credential.
+// Backoff is the shared record of failed refreshes of one credential. It
+// holds no error message, which could carry a secret: only its class and
+// code.
 type Backoff struct {
 	// Failures counts failed refreshes since the last success.
 	Failures int
 	// Remaining is how long no instance may fetch, measured by the store.
 	Remaining time.Duration
-	// Err is the last failure's message (never holds a secret: errors
-	// from this project's fetchers are redacted).
-	Err string
+	// Class and Code describe the last failure (see Classify).
+	Class, Code string
 }
 
 // A Locker guards the refresh of one credential across instances.

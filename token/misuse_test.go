@@ -1,0 +1,183 @@
+package token_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+// secretError is a fetcher error that carries a secret in its message, as a
+// *url.Error with the secret in the query string does, and an upstream code.
+type secretError struct{}
+
+func (secretError) Error() string {
+	return `Get "https://api.example.com/token?appid=wx1&secret=S3CRET-0123456789abcdef": 40125 invalid appsecret`
+}
+func (secretError) Permanent() bool   { return true }
+func (secretError) ErrorCode() string { return "40125" }
+
+const secret = "S3CRET-0123456789abcdef"
+
+// TestBackoffSharesClassNotMessage: a failed fetch's message stays in the
+// process that saw it (its callers get it, its log shows it without the URL's
+// query string); the shared record and other instances get only a class and
+// a code.
+func TestBackoffSharesClassNotMessage(t *testing.T) {
+	ctx := context.Background()
+	st := tokentest.NewStore()
+	var logs syncBuffer
+	o := opts()
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	f := token.FetcherFunc(func(context.Context) (token.Token, error) { return token.Token{}, secretError{} })
+	a, b := newSource(t, f, st, o), newSource(t, f, st, o)
+	_, err := a.Token(ctx)
+	if !errors.As(err, new(secretError)) {
+		t.Fatalf("the failing instance's caller: %v, want the fetcher's error", err)
+	}
+	rec, _ := st.LoadBackoff(ctx)
+	if rec.Class != token.ClassPermanent || rec.Code != "40125" || rec.Remaining < 9*time.Minute {
+		t.Errorf("shared record = %+v, want class permanent, code 40125, 10 minutes", rec)
+	}
+	var be *token.BackoffError
+	_, err = b.Token(ctx)
+	if !errors.As(err, &be) || be.Class != token.ClassPermanent || be.Code != "40125" {
+		t.Fatalf("another instance: %v, want a BackoffError with class and code", err)
+	}
+	if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "invalid appsecret") {
+		t.Errorf("another instance learned the message: %v", err)
+	}
+	if strings.Contains(logs.String(), secret) {
+		t.Errorf("the secret was logged:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "?REDACTED") {
+		t.Errorf("the failure was not logged with its URL redacted:\n%s", logs.String())
+	}
+}
+
+// TestBackoffRemainingCountsDown: each BackoffError says the time actually
+// left, and ResetBackoff ends the wait on every instance.
+func TestBackoffRemainingCountsDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		st := tokentest.NewStore()
+		var fail atomic.Bool
+		fail.Store(true)
+		up := tokentest.New(time.Hour)
+		f := token.FetcherFunc(func(ctx context.Context) (token.Token, error) {
+			if fail.Load() {
+				return token.Token{}, secretError{}
+			}
+			return up.Fetch(ctx)
+		})
+		a, err := token.NewSource("test", f, st, st, opts())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		b, _ := token.NewSource("test", f, st, st, opts())
+		defer b.Close()
+		_, _ = a.Token(ctx)
+		var first, later *token.BackoffError
+		if _, err := a.Token(ctx); !errors.As(err, &first) {
+			t.Fatalf("%v, want a BackoffError", err)
+		}
+		time.Sleep(time.Minute)
+		if _, err := a.Token(ctx); !errors.As(err, &later) || first.Remaining-later.Remaining != time.Minute {
+			t.Fatalf("Remaining %v then %v a minute later", first.Remaining, later.Remaining)
+		}
+		if !strings.Contains(later.Error(), "ResetBackoff") {
+			t.Errorf("the error does not say how to end it: %v", later)
+		}
+		fail.Store(false) // the secret was fixed
+		if err := a.ResetBackoff(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if tok, err := b.Token(ctx); err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("after ResetBackoff, another instance: %v, %v", tok, err)
+		}
+	})
+}
+
+// TestFetcherPanic: a panicking Fetcher neither crashes the process nor
+// keeps the lock; its callers get ErrFetcherPanic, the stack is logged, and
+// every instance backs off as after a permanent error.
+func TestFetcherPanic(t *testing.T) {
+	ctx := context.Background()
+	st := tokentest.NewStore()
+	var logs syncBuffer
+	o := opts()
+	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	var calls atomic.Int32
+	f := token.FetcherFunc(func(context.Context) (token.Token, error) {
+		calls.Add(1)
+		var m map[string]int
+		m["boom"]++ // a nil map: panics
+		return token.Token{}, nil
+	})
+	a, b := newSource(t, f, st, o), newSource(t, f, st, o)
+	if _, err := a.Token(ctx); !errors.Is(err, token.ErrFetcherPanic) {
+		t.Fatalf("err = %v, want ErrFetcherPanic", err)
+	}
+	if _, err := b.Token(ctx); !errors.Is(err, token.ErrFetcherPanic) || !errors.Is(err, token.ErrUpstreamBackoff) {
+		t.Errorf("another instance: %v, want the shared backoff naming the panic", err)
+	}
+	if rec, _ := st.LoadBackoff(ctx); rec.Class != token.ClassPanic || rec.Remaining < 9*time.Minute {
+		t.Errorf("shared record = %+v, want a 10-minute panic backoff", rec)
+	}
+	if h, err := st.TryLock(ctx); err != nil {
+		t.Errorf("the lock was kept after the panic: %v", err)
+	} else {
+		_ = h.Release(ctx)
+	}
+	if !strings.Contains(logs.String(), "goroutine") || logCount(logs.String(), "ERROR", "panicked") != 1 {
+		t.Errorf("no stack in the log:\n%s", logs.String())
+	}
+	if calls.Load() != 1 {
+		t.Errorf("fetcher called %d times, want 1", calls.Load())
+	}
+}
+
+// TestNewSourceRefusesMisuse: what can never work is refused at construction
+// with a typed error, not hours later in a background goroutine.
+func TestNewSourceRefusesMisuse(t *testing.T) {
+	st := tokentest.NewStore()
+	up := tokentest.New(time.Hour)
+	for _, tc := range []struct {
+		name   string
+		cred   string
+		f      token.Fetcher
+		store  token.Store
+		locker token.Locker
+	}{
+		{"empty name", "", up, st, st},
+		{"nil fetcher", "c", nil, st, st},
+		{"nil store", "c", up, nil, st},
+		{"nil locker", "c", up, st, nil},
+	} {
+		if s, err := token.NewSource(tc.cred, tc.f, tc.store, tc.locker, opts()); !errors.Is(err, token.ErrInvalidConfig) || s != nil {
+			t.Errorf("%s: %v, want ErrInvalidConfig", tc.name, err)
+		}
+	}
+}
+
+// TestRedactURLs covers the log redaction of URLs.
+func TestRedactURLs(t *testing.T) {
+	for in, want := range map[string]string{
+		`Get "https://h/p?secret=x&a=b": EOF`:        `Get "https://h/p?REDACTED": EOF`,
+		`dial https://h/p#frag?secret=x`:             `dial https://h/p?REDACTED`,
+		`no url here ?secret=x`:                      `no url here ?secret=x`,
+		`http://a/?s=1 and grpc+tls://b:1/x?k=2 end`: `http://a/?REDACTED and grpc+tls://b:1/x?REDACTED end`,
+	} {
+		if got := token.RedactURLs(in); got != want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
