@@ -248,21 +248,21 @@ var (
 // {value, pttl, written, invalidated}. pttl is -2 when there is no token
 // and -3 when the key holds another type.
 var loadScript = redis.NewScript(luaPrelude + `
-local w, i = '0', '0'
+local w, i, id = '0', '0', ''
 if keytype(KEYS[2]) == 'hash' then
-  local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated')
-  w, i = f[1] or '0', f[2] or '0'
+  local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated', 'id')
+  w, i, id = f[1] or '0', f[2] or '0', f[3] or ''
 end
 local t = keytype(KEYS[1])
-if t == 'none' then return {'', -2, w, i} end
-if t ~= 'string' then return {'', -3, w, i} end
+if t == 'none' then return {'', -2, w, i, id} end
+if t ~= 'string' then return {'', -3, w, i, id} end
 local v = redis.call('GET', KEYS[1])
 if keytype(KEYS[2]) ~= 'hash' then
   -- A fence of the wrong type (repaired by the next write): the token's
   -- own version stands for it.
   w = string.match(v, '^%w|(%d+)|') or '0'
 end
-return {v, redis.call('PTTL', KEYS[1]), w, i}
+return {v, redis.call('PTTL', KEYS[1]), w, i, id}
 `)
 
 // Load implements token.Store.
@@ -271,7 +271,7 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 	if err != nil {
 		return token.Shared{}, fmt.Errorf("rediscache: load %s: %w", c.name, err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return token.Shared{}, fmt.Errorf("rediscache: load %s: reply of %d items", c.name, len(res))
 	}
 	raw, _ := res[0].(string)
@@ -279,6 +279,8 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 	var f token.Fence
 	f.Written, _ = parseVersion(res[2])
 	f.Invalidated, _ = parseVersion(res[3])
+	id, _ := res[4].(string)
+	f.Identity = fp(id)
 	miss := token.Shared{Fence: f}
 	switch {
 	case pttl == -2, pttl == 0:
@@ -304,6 +306,28 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 		Lifetime: lifetime,
 		Fence:    f,
 	}, nil
+}
+
+// validFingerprint reports whether s is what token's fingerprints look
+// like (32 lowercase hex digits); anything else read from Redis is ignored.
+func validFingerprint(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// fp returns id if it is a fingerprint, else "".
+func fp(id string) string {
+	if !validFingerprint(id) {
+		return ""
+	}
+	return id
 }
 
 // parseVersion reads a version field of the fence; anything but a
@@ -346,9 +370,10 @@ fixfence(KEYS[2], KEYS[1])
 local written = tonumber(redis.call('HGET', KEYS[2], 'written') or '0')
 if tonumber(ARGV[1]) <= written then return 0 end
 redis.call('HSET', KEYS[2], 'written', ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'id', ARGV[5]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
-for i = 5, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[4]) end
+for i = 6, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[4]) end
 return 1
 `)
 
@@ -366,7 +391,7 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 		// Loads would call it malformed, and every instance would fetch.
 		return fmt.Errorf("rediscache: save %s: %w: %d bytes", c.name, token.ErrTokenTooLarge, len(sh.Value))
 	}
-	args, err := c.s.publishTo(ctx, []any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name)})
+	args, err := c.s.publishTo(ctx, []any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity)})
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s: %w", c.name, err)
 	}
@@ -412,14 +437,14 @@ var loadBackoffScript = redis.NewScript(luaPrelude + `
 local kt = keytype(KEYS[1])
 if kt ~= 'hash' then
   if kt ~= 'none' then redis.call('DEL', KEYS[1]) end
-  return {0, 0, '', ''}
+  return {0, 0, '', '', ''}
 end
-local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'class', 'code')
+local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'class', 'code', 'id')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = (tonumber(h[2]) or 0) - now
 if left < 0 then left = 0 end
-return {tonumber(h[1]) or 0, left, h[3] or '', h[4] or ''}
+return {tonumber(h[1]) or 0, left, h[3] or '', h[4] or '', h[5] or ''}
 `)
 
 // LoadBackoff implements token.Store.
@@ -428,18 +453,20 @@ func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 	if err != nil {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: reply of %d items", c.name, len(res))
 	}
 	failures, _ := res[0].(int64)
 	left, _ := res[1].(int64)
 	class, _ := res[2].(string)
 	code, _ := res[3].(string)
+	id, _ := res[4].(string)
 	return token.Backoff{
 		Failures:  int(min(max(failures, 0), 1<<20)),
 		Remaining: time.Duration(min(left, maxBackoff.Milliseconds())) * time.Millisecond,
 		Class:     cleanClass(class),
 		Code:      cleanCode(code),
+		Identity:  fp(id),
 	}, nil
 }
 
@@ -476,7 +503,7 @@ if keytype(KEYS[1]) ~= 'hash' or (ARGV[1] == '0' and ARGV[2] == '0') then redis.
 if ARGV[1] == '0' and ARGV[2] == '0' then return 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'class', ARGV[3], 'code', ARGV[4])
+redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'class', ARGV[3], 'code', ARGV[4], 'id', ARGV[5])
 redis.call('HDEL', KEYS[1], 'err')
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 3600000)
 return 1
@@ -486,7 +513,7 @@ return 1
 func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
 	ms := max(b.Remaining.Milliseconds(), 0)
 	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff},
-		max(b.Failures, 0), ms, cleanClass(b.Class), cleanCode(b.Code)).Err()
+		max(b.Failures, 0), ms, cleanClass(b.Class), cleanCode(b.Code), fp(b.Identity)).Err()
 	if err != nil {
 		return fmt.Errorf("rediscache: save backoff %s: %w", c.name, err)
 	}

@@ -59,6 +59,11 @@ type Options struct {
 	// lifetime and a shared TTL into ExpiresAt. It must be the clock the
 	// Fetcher uses. Default time.Now.
 	Now func() time.Time
+	// IdentityKey keys the fingerprints of a Fetcher's Identity kept in the
+	// shared store. Every instance of a credential needs the same key.
+	// Default: a public key, which is enough for random secrets; set one
+	// (32 random bytes) if a secret could be guessed.
+	IdentityKey []byte
 }
 
 func (o Options) withDefaults() Options {
@@ -180,10 +185,15 @@ type Source struct {
 	// delivered (Unsubscribed): entries are re-read on demand.
 	deaf atomic.Bool
 
-	outage    atomic.Int32 // outageNone, outageRead or outageWrite: one log line per outage
-	distrusts atomic.Int64 // unix ns of the last warning about an unconfirmed event
-	lifetime  atomic.Int64 // of the last token installed, in ns: bounds fetches per lifetime
-	fetches   fetchLog
+	outage     atomic.Int32 // outageNone, outageRead or outageWrite: one log line per outage
+	distrusts  atomic.Int64 // unix ns of the last warning about an unconfirmed event
+	lifetime   atomic.Int64 // of the last token installed, in ns: bounds fetches per lifetime
+	mismatches atomic.Int64 // unix ns of the last error about another account's token
+
+	// accountFP and fetcherFP fingerprint the Fetcher's Identity (see
+	// fingerprints); write-once in NewSource.
+	accountFP, fetcherFP string
+	fetches              fetchLog
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -204,10 +214,10 @@ type Source struct {
 	backoffUntil time.Time
 	backoff      Backoff
 	backoffCause error // the failure, if this instance saw it
-	// After a store failure, callers with no valid token get storeFailErr
-	// until retryAt without asking the store again.
-	storeFailErr error
-	pending      *pending // fetched while the store was down
+	// After a store failure or an identity mismatch, callers with no valid
+	// token get failErr until retryAt without asking the store again.
+	failErr error
+	pending *pending // fetched while the store was down
 	// directFailures counts failed fetches without the store.
 	directFailures int
 }
@@ -228,14 +238,17 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 		return nil, fmt.Errorf("%w: %s: nil Locker", ErrInvalidConfig, name)
 	}
 	opts = opts.withDefaults()
+	account, fetcher := fingerprints(f, opts.IdentityKey)
 	s := &Source{
-		name:    name,
-		fetcher: f,
-		store:   store,
-		locker:  locker,
-		opts:    opts,
-		log:     opts.Logger.With(slog.String("credential", name)),
-		wake:    make(chan struct{}),
+		accountFP: account,
+		fetcherFP: fetcher,
+		name:      name,
+		fetcher:   f,
+		store:     store,
+		locker:    locker,
+		opts:      opts,
+		log:       opts.Logger.With(slog.String("credential", name)),
+		wake:      make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stopWatch = store.Watch(s.onEvent)
@@ -322,8 +335,8 @@ func (s *Source) notYet() error {
 		return ErrClosed
 	case now.Before(s.backoffUntil):
 		return s.backoffErrLocked(now)
-	case s.storeFailErr != nil && now.Before(s.retryAt):
-		return s.storeFailErr
+	case s.failErr != nil && now.Before(s.retryAt):
+		return s.failErr
 	}
 	return nil
 }
@@ -360,16 +373,16 @@ func (s *Source) startLocked() *call {
 		ctx, cancel := context.WithTimeoutCause(s.ctx, s.opts.WaitTimeout, ErrRefreshTimeout)
 		c.e, c.err = s.run(ctx)
 		cancel()
-		if c.err != nil && s.ctx.Err() == nil && !errors.Is(c.err, ErrStoreUnavailable) {
+		if c.err != nil && s.ctx.Err() == nil && !errors.Is(c.err, ErrStoreUnavailable) && !errors.Is(c.err, ErrIdentityMismatch) {
 			s.log.Warn("tokencache: refresh failed", errAttr(c.err))
 		}
 		s.mu.Lock()
 		s.flight = nil
-		s.storeFailErr = nil
+		s.failErr = nil
 		if c.err != nil {
 			s.retryAt = time.Now().Add(s.opts.RetryInterval)
-			if errors.Is(c.err, ErrStoreUnavailable) {
-				s.storeFailErr = c.err
+			if errors.Is(c.err, ErrStoreUnavailable) || errors.Is(c.err, ErrIdentityMismatch) {
+				s.failErr = c.err
 			}
 		}
 		if s.again && !s.closed && c.err == nil {
@@ -480,6 +493,9 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	case err == nil:
 		s.storeUp(false)
 		s.confirm(seen, dead, sh.Fence)
+		if err := s.checkIdentity(sh.Fence); err != nil {
+			return read{}, err
+		}
 		dead := sh.Version <= s.dead.Load()
 		// A version older than one already announced was read just before
 		// the announced write: it is dead upstream, read again.
@@ -488,6 +504,9 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	case errors.Is(err, ErrNotFound):
 		s.storeUp(false)
 		s.confirm(seen, dead, sh.Fence)
+		if err := s.checkIdentity(sh.Fence); err != nil {
+			return read{}, err
+		}
 		return read{sh: Shared{Fence: sh.Fence}, invalidated: errors.Is(err, ErrInvalidated)}, nil
 	case errors.Is(err, ErrMalformed):
 		s.storeUp(false)
@@ -501,6 +520,19 @@ func (s *Source) load(ctx context.Context) (read, error) {
 		}
 		return read{}, s.storeErr("read shared token", false, err)
 	}
+}
+
+// checkIdentity refuses a credential whose last token was saved for another
+// account, warning at most once a minute.
+func (s *Source) checkIdentity(f Fence) error {
+	if f.Identity == "" || s.accountFP == "" || f.Identity == s.accountFP {
+		return nil
+	}
+	now := time.Now().UnixNano()
+	if last := s.mismatches.Load(); now-last >= int64(time.Minute) && s.mismatches.CompareAndSwap(last, now) {
+		s.log.Error("tokencache: the shared token was fetched for another account: two applications use one credential name; nothing is fetched")
+	}
+	return fmt.Errorf("token: %s: %w", s.name, ErrIdentityMismatch)
 }
 
 // confirm checks the versions announced before a read (seen, dead) against
@@ -606,7 +638,7 @@ func (s *Source) ResetBackoff(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.endBackoffLocked()
-	s.retryAt, s.storeFailErr = time.Time{}, nil
+	s.retryAt, s.failErr = time.Time{}, nil
 	s.mu.Unlock()
 	return nil
 }
@@ -723,8 +755,14 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	if err != nil {
 		return nil, false, s.storeErr("read backoff", false, err)
 	}
-	if b.Remaining > 0 {
+	if b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP) {
 		return nil, false, s.backingOff(b, nil)
+	}
+	if b.Remaining > 0 {
+		// Recorded by a Fetcher with another account or secret (a wrong
+		// secret that was since fixed): not ours to wait for.
+		s.log.Info("tokencache: ignoring a backoff recorded by a fetcher with another identity", slog.String("class", b.Class))
+		b = Backoff{}
 	}
 	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
 		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
@@ -740,7 +778,7 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 		// A token fetched while the store was down: offer it instead of
 		// fetching again.
 		if ttl := time.Until(p.deadline); ttl > s.opts.window(p.tok.Lifetime) {
-			sh := Shared{Value: p.tok.Value, Version: version, TTL: ttl, Lifetime: p.tok.Lifetime}
+			sh := Shared{Value: p.tok.Value, Version: version, TTL: ttl, Lifetime: p.tok.Lifetime, Identity: s.accountFP}
 			e, err := s.share(ctx, sh)
 			if err == nil {
 				s.log.Info("tokencache: shared the token fetched while the store was unavailable")
@@ -775,7 +813,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 		return nil, false, err
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())
-	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl}
+	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl, Identity: s.accountFP}
 	// The upstream has just invalidated the previous token: serve the new
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
@@ -869,7 +907,7 @@ func (s *Source) check(tok Token) error {
 // failed records a failed refresh in the shared backoff, so that every
 // instance waits for d, and returns the error callers get meanwhile.
 func (s *Source) failed(ctx context.Context, b Backoff, d time.Duration, err error) error {
-	b.Remaining = d
+	b.Remaining, b.Identity = d, s.fetcherFP
 	b.Class, b.Code = Classify(err)
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
@@ -1013,7 +1051,7 @@ func (s *Source) onEvent(ev Event) {
 		// A token was saved: whatever backoff or store failure this
 		// instance knew of is over.
 		s.endBackoffLocked()
-		s.storeFailErr = nil
+		s.failErr = nil
 	}
 	close(s.wake)
 	s.wake = make(chan struct{})

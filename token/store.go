@@ -41,6 +41,10 @@ type Shared struct {
 	// Lifetime is the token's whole lifetime when it was written; it sizes
 	// the refresh-ahead window.
 	Lifetime time.Duration
+	// Identity is the fingerprint of the account the token was fetched
+	// for ("" if unknown). Save records it beside the token; Load returns
+	// the recorded one in Fence.
+	Identity string
 	// Fence is what the store said about the credential's versions in the
 	// same read. Load sets it even when it returns an error wrapping
 	// ErrNotFound or ErrMalformed; Save ignores it.
@@ -56,6 +60,9 @@ type Fence struct {
 	// Invalidated is the highest version the store has removed through
 	// Invalidate (0 if none).
 	Invalidated int64
+	// Identity is the account fingerprint saved with the last token
+	// ("" if none was).
+	Identity string
 }
 
 // EventKind says what an Event reports.
@@ -131,6 +138,9 @@ type Backoff struct {
 	Remaining time.Duration
 	// Class and Code describe the last failure (see Classify).
 	Class, Code string
+	// Identity is the fingerprint of the Fetcher that failed (account and
+	// secret), "" if unknown: the backoff binds only Sources with the same.
+	Identity string
 }
 
 // A Locker guards the refresh of one credential across instances.

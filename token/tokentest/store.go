@@ -29,6 +29,7 @@ type Store struct {
 	down     bool
 	readOnly bool
 	calls    int
+	identity string // of the last token saved with one
 }
 
 // ErrDown is what a Store returns while SetDown(true) is in force.
@@ -157,7 +158,7 @@ func (s *Store) Load(ctx context.Context) (token.Shared, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loads++
-	fence := token.Fence{Written: s.written, Invalidated: s.killed}
+	fence := token.Fence{Written: s.written, Invalidated: s.killed, Identity: s.identity}
 	ttl := time.Until(s.expires)
 	if s.sh.Value == "" || ttl <= 0 {
 		if s.killed > 0 && s.killed == s.written {
@@ -195,6 +196,9 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 		return token.ErrFenced
 	}
 	s.written = sh.Version
+	if sh.Identity != "" {
+		s.identity = sh.Identity
+	}
 	s.sh, s.expires = sh, time.Now().Add(sh.TTL)
 	s.backoff, s.until = token.Backoff{}, time.Time{}
 	fns := s.fns()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/tokencache/tokencache/token"
@@ -37,6 +38,10 @@ func (e *Error) Error() string {
 // configuration (IsPermanent) or a spent quota (IsQuota). token.DefaultBackoff
 // then makes the whole cluster wait long before it calls WeChat again.
 func (e *Error) Permanent() bool { return IsPermanent(e) || IsQuota(e) }
+
+// ErrorCode returns the errcode, which token.Classify shares with every
+// instance through the backoff record (the message is not shared).
+func (e *Error) ErrorCode() string { return strconv.Itoa(e.Code) }
 
 // Error codes with a meaning for token handling. See
 // https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html

@@ -203,3 +203,16 @@ func client(c *http.Client) *http.Client {
 	}
 	return c
 }
+
+// Identity implements token.Identifier: tokens of one AppID are shared,
+// whichever secret fetched them (a rolling secret rotation shares one
+// token), and a credential name holding another AppID's token is refused.
+func (f *TokenFetcher) Identity() token.Identity {
+	return token.Identity{Account: "wechat:" + f.AppID, Secret: []byte(f.Secret)}
+}
+
+// Identity implements token.Identifier, as TokenFetcher's does: the classic
+// and the stable token of one AppID are the same credential.
+func (f *StableTokenFetcher) Identity() token.Identity {
+	return token.Identity{Account: "wechat:" + f.AppID, Secret: []byte(f.Secret)}
+}

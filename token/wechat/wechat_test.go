@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -443,4 +444,13 @@ func Test40001StormFetchesOnce(t *testing.T) {
 		}
 		t.Logf("%d API calls rejected with 40001 and retried", srv.Count(wechattest.EndpointAPIRejected))
 	})
+}
+
+// TestErrorCodeIsShared: the errcode of a WeChat error is the code every
+// instance learns through the backoff record.
+func TestErrorCodeIsShared(t *testing.T) {
+	class, code := token.Classify(fmt.Errorf("fetch: %w", &wechat.Error{Code: 40125, Msg: "invalid appsecret"}))
+	if class != token.ClassPermanent || code != "40125" {
+		t.Errorf("Classify = %q, %q; want permanent, 40125", class, code)
+	}
 }
