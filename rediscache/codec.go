@@ -41,25 +41,41 @@ const maxKeyIDLen = 64
 // keys. To rotate: first add the new key to every instance's Keys, then make
 // it Current everywhere (values sealed with the old key are still read, and
 // the next refresh seals with the new one), then drop the old key.
+//
+// To turn encryption on in a rolling deploy, without instances calling each
+// other's values malformed and fetching: deploy a Keyring with WritePlain
+// and AcceptPlain everywhere, then without WritePlain, then, one token
+// lifetime later, without AcceptPlain. To turn it off, go back the same way.
 type Keyring struct {
 	// Current is the ID of the key that seals new values: letters, digits,
 	// '-' or '_'.
 	Current string
 	// Keys maps key IDs to AES keys of 16, 24 or 32 bytes.
 	Keys map[string][]byte
+	// WritePlain writes values in clear text while reading sealed ones: the
+	// first step of a rolling deploy, while instances without the Keyring
+	// still run.
+	WritePlain bool
+	// AcceptPlain reads values in clear text, which a Keyring otherwise
+	// refuses as malformed so that a value injected into Redis by someone
+	// without the key is not served. Set it while migrating.
+	AcceptPlain bool
 }
 
 // codec encodes stored values, sealing them if it has keys.
 type codec struct {
-	current string
-	aeads   map[string]cipher.AEAD
+	current     string
+	aeads       map[string]cipher.AEAD
+	writePlain  bool // Keyring.WritePlain
+	refusePlain bool // a Keyring without AcceptPlain
 }
 
 func newCodec(k *Keyring) (codec, error) {
 	if k == nil {
 		return codec{}, nil
 	}
-	c := codec{current: k.Current, aeads: make(map[string]cipher.AEAD, len(k.Keys))}
+	c := codec{current: k.Current, aeads: make(map[string]cipher.AEAD, len(k.Keys)),
+		writePlain: k.WritePlain, refusePlain: !k.AcceptPlain}
 	for id, key := range k.Keys {
 		if id == "" || len(id) > maxKeyIDLen || strings.IndexFunc(id, func(r rune) bool {
 			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
@@ -88,7 +104,7 @@ func newCodec(k *Keyring) (codec, error) {
 // version.
 func (c codec) encode(name string, sh token.Shared) string {
 	head := strconv.FormatInt(sh.Version, 10) + "|" + strconv.FormatInt(sh.Lifetime.Milliseconds(), 10)
-	if c.aeads == nil {
+	if c.aeads == nil || c.writePlain {
 		return formatPlain + "|" + head + "|" + sh.Value
 	}
 	aead := c.aeads[c.current]
@@ -113,6 +129,9 @@ func (c codec) decode(name, s string) (version int64, lifetime time.Duration, va
 	format, rest, _ := strings.Cut(s, "|")
 	if format != formatPlain && format != formatSealed {
 		return bad("unknown format version")
+	}
+	if format == formatPlain && c.refusePlain {
+		return bad("clear text refused with a Keyring (set AcceptPlain while migrating)")
 	}
 	v, rest, ok := strings.Cut(rest, "|")
 	if !ok {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
 )
 
 func key(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
@@ -102,4 +103,63 @@ func TestBadKeyring(t *testing.T) {
 			t.Errorf("keyring %q accepted", k.Current)
 		}
 	}
+}
+
+// TestEncryptionRollingDeploy turns encryption on the documented way, with
+// instances of each step side by side, on a strict upstream with short
+// tokens: no instance calls another's value malformed, so no step fetches
+// more than its refresh periods. Then a clear-text value injected into Redis
+// is refused once AcceptPlain is gone.
+func TestEncryptionRollingDeploy(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		p := prefix(t)
+		const lifetime = 400 * time.Millisecond
+		up := newUpstream(lifetime)
+		keys := map[string][]byte{"k1": key(1)}
+		steps := []*rediscache.Keyring{
+			nil, // before: no encryption
+			{Current: "k1", Keys: keys, WritePlain: true, AcceptPlain: true},
+			{Current: "k1", Keys: keys, AcceptPlain: true},
+			{Current: "k1", Keys: keys},
+		}
+		var logs syncBuffer
+		// Each phase runs neighbouring steps side by side, as a rolling
+		// deploy does, for 2 lifetimes; AcceptPlain goes only after a
+		// phase with every instance writing sealed values.
+		for _, phase := range [][2]int{{0, 1}, {1, 2}, {2, 2}, {2, 3}} {
+			var srcs []*token.Source
+			for _, k := range []*rediscache.Keyring{steps[phase[0]], steps[phase[1]]} {
+				o := testOptions(p)
+				o.Encryption = k
+				o.Source.Logger = jsonLogger(&logs)
+				srcs = append(srcs, instances(t, b, 2, up, o)...)
+			}
+			before := up.Issued()
+			res := tokentest.Load(ctx, srcs, tokentest.LoadConfig{Goroutines: 8, Duration: 2 * lifetime, Think: think(), Upstream: up})
+			for _, s := range srcs {
+				_ = s.Close()
+			}
+			if res.Errors > 0 {
+				t.Errorf("steps %v: %d caller errors", phase, res.Errors)
+			}
+			// 2 lifetimes fit 2 refresh periods (0.8 lifetime) plus the
+			// token carried over from the previous phase.
+			if n := up.Issued() - before; n > 4 {
+				t.Errorf("steps %v: upstream issued %d tokens in 2 lifetimes; instances refetched each other's values", phase, n)
+			}
+		}
+		if n := countLogs(logs.String(), "WARN", "unreadable shared token"); n > 0 {
+			t.Errorf("%d values called unreadable during the rollout", n)
+		}
+		// Finally, a clear-text value injected into Redis is not served.
+		o := testOptions(p)
+		o.Encryption = steps[3]
+		c, _ := rediscache.New(b.Client(t), o).Credential("c")
+		rdb := b.Client(t)
+		rdb.Set(ctx, "{"+p+"c}:token", "1|1|3600000|injected-token-0123456789", time.Hour)
+		if _, err := c.Load(ctx); !errors.Is(err, token.ErrMalformed) {
+			t.Errorf("clear text with a Keyring: %v, want ErrMalformed", err)
+		}
+	})
 }
