@@ -18,7 +18,7 @@ import (
 // or from its scripts.
 const minimalACL = "on >%s resetkeys ~{tokencache:* resetchannels &tokencache:* -@all " +
 	"+hello +ping +evalsha +eval +subscribe " +
-	"+type +get +set +del +pttl +pexpire +getrange +hget +hmget +hset +hincrby +time +publish"
+	"+type +get +set +del +pttl +pexpire +getrange +hget +hmget +hset +hdel +hincrby +time +publish"
 
 // TestMinimalACL runs the whole protocol as a Redis user that has only the
 // permissions the README lists.

@@ -22,9 +22,11 @@ const (
 	formatSealed = "e" // e|<version>|<lifetime ms>|<key id>|<base64url(nonce, AES-GCM sealed token)>
 )
 
-// maxLifetime bounds the lifetime field (found by FuzzDecode: a huge one
-// overflowed time.Duration).
-const maxLifetime = 400 * 24 * time.Hour
+// MaxLifetime is the longest lifetime a token is stored with: a longer one
+// (a token that "never" expires) is stored as living MaxLifetime and is
+// refreshed ahead of that. It bounds the stored lifetime field (FuzzDecode
+// found that a huge one overflowed time.Duration).
+const MaxLifetime = 400 * 24 * time.Hour
 
 // maxValueLen bounds what decode accepts, so that a huge foreign value under
 // our key is rejected instead of being cached. It holds a token of
@@ -146,7 +148,7 @@ func (c codec) decode(name, s string) (version int64, lifetime time.Duration, va
 		return bad("no lifetime field")
 	}
 	ms, perr := strconv.ParseInt(l, 10, 64)
-	if perr != nil || ms <= 0 || ms > maxLifetime.Milliseconds() {
+	if perr != nil || ms <= 0 || ms > MaxLifetime.Milliseconds() {
 		return bad("bad lifetime field")
 	}
 	if format == formatSealed {

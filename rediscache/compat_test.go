@@ -183,3 +183,78 @@ func TestOversizedTokenIsNotShared(t *testing.T) {
 		}
 	})
 }
+
+// Grammars of the previous release's readers.
+var (
+	oldToken   = regexp.MustCompile(`^(1\|[1-9][0-9]*\|[1-9][0-9]*\|.+|e\|[1-9][0-9]*\|[1-9][0-9]*\|[A-Za-z0-9_-]+\|[A-Za-z0-9_-]+)$`)
+	oldInteger = regexp.MustCompile(`^-?[0-9]+$`)
+)
+
+// TestFormatsStayCompatible runs the previous release's writer next to the
+// current code (docs/compatibility.md): the current code reads its token,
+// fence and backoff record and acts on them; and what the current code
+// writes parses with the previous release's grammar.
+func TestFormatsStayCompatible(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		p := prefix(t)
+		tag := "{" + p + "c}:"
+		// The previous release wrote a token, its fence, and a backoff
+		// record with a message.
+		v := time.Now().UnixMilli()
+		if err := previousRelease(ctx, rdb, p, "c", "previous-release-token-0123", v, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		rdb.HSet(ctx, tag+"backoff", "failures", 3, "until", time.Now().Add(time.Hour).UnixMilli(), "err", "fetch: secret=S3CRET")
+		c, _ := rediscache.New(rdb, testOptions(p)).Credential("c")
+		sh, err := c.Load(ctx)
+		if err != nil || sh.Value != "previous-release-token-0123" || sh.Version != v || sh.Fence.Written != v {
+			t.Fatalf("reading the previous release's token: %+v, %v", sh.Fence, err)
+		}
+		bo, err := c.LoadBackoff(ctx)
+		if err != nil || bo.Failures != 3 || bo.Remaining < 59*time.Minute || bo.Class != "unknown" {
+			t.Errorf("reading the previous release's backoff: %+v, %v", bo, err)
+		}
+		// A Source honours both: it serves the token and does not fetch.
+		up := newUpstream(time.Hour)
+		src, err := rediscache.New(rdb, testOptions(p)).Source("c", up)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if tok, err := src.Token(ctx); err != nil || tok.Value != "previous-release-token-0123" || up.Calls() != 0 {
+			t.Fatalf("Token = %v, %v, %d fetches", tok, err, up.Calls())
+		}
+		// The current code writes; the previous grammar still parses it.
+		if err := src.Invalidate(ctx, "previous-release-token-0123"); err != nil {
+			t.Fatal(err)
+		}
+		// The previous release's backoff (an hour) applies: clear it to see
+		// the current code write.
+		if err := src.ResetBackoff(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := src.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := rdb.Get(ctx, tag+"token").Result()
+		if !oldToken.MatchString(raw) {
+			t.Errorf("token value %.20q… does not parse as the previous release's", raw)
+		}
+		fence, _ := rdb.HGetAll(ctx, tag+"fence").Result()
+		for _, f := range []string{"next", "written", "invalidated"} {
+			if !oldInteger.MatchString(fence[f]) {
+				t.Errorf("fence %s = %q, not an integer the previous release reads", f, fence[f])
+			}
+		}
+		_ = c.SaveBackoff(ctx, token.Backoff{Failures: 2, Remaining: time.Minute, Class: token.ClassTemporary})
+		h, _ := rdb.HGetAll(ctx, tag+"backoff").Result()
+		if !oldInteger.MatchString(h["failures"]) || !oldInteger.MatchString(h["until"]) {
+			t.Errorf("backoff %v: failures and until must stay integers", h)
+		}
+		if _, ok := h["err"]; ok {
+			t.Errorf("the previous release's message survived a write: %v", h)
+		}
+	})
+}

@@ -75,7 +75,7 @@ func TestLongestTokenFits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh := token.Shared{Value: strings.Repeat("t", token.MaxTokenLen), Version: 1<<63 - 1, Lifetime: maxLifetime}
+	sh := token.Shared{Value: strings.Repeat("t", token.MaxTokenLen), Version: 1<<63 - 1, Lifetime: MaxLifetime}
 	v := c.encode("n", sh)
 	if len(v) > maxValueLen {
 		t.Fatalf("encoded %d bytes, decode accepts %d", len(v), maxValueLen)

@@ -380,8 +380,8 @@ return 1
 // Save implements token.Store.
 func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 	// The decoder rejects absurd lifetimes; store a long-lived token as
-	// living maxLifetime.
-	sh.TTL, sh.Lifetime = min(sh.TTL, maxLifetime), min(sh.Lifetime, maxLifetime)
+	// living MaxLifetime.
+	sh.TTL, sh.Lifetime = min(sh.TTL, MaxLifetime), min(sh.Lifetime, MaxLifetime)
 	ttl := sh.TTL.Milliseconds()
 	if ttl <= 0 || sh.Version <= 0 || sh.Value == "" {
 		return fmt.Errorf("rediscache: save %s: refusing %v with version %d and ttl %v", c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
