@@ -7,12 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
 
 func TestNameValidation(t *testing.T) {
-	st := rediscache.New(nil, rediscache.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer rdb.Close()
+	st := rediscache.New(rdb, rediscache.Options{})
 	for _, name := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", rediscache.MaxNameLen+1)} {
 		if _, err := st.Credential(name); !errors.Is(err, rediscache.ErrInvalidName) {
 			t.Errorf("Credential(%q) err = %v, want ErrInvalidName", name, err)
