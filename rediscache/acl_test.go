@@ -20,6 +20,31 @@ const minimalACL = "on >%s resetkeys ~{tokencache:* resetchannels &tokencache:* 
 	"+hello +ping +evalsha +eval +subscribe " +
 	"+type +get +set +del +pttl +pexpire +getrange +hget +hmget +hset +hdel +hincrby +time +publish"
 
+// aclUser creates a Redis user on addr with the minimal ACL, less the rules
+// in drop (e.g. "+subscribe"), deleted when the test ends. It returns the
+// user's client and a key prefix inside the ACL's key pattern.
+func aclUser(t *testing.T, addr, user string, drop ...string) (*redis.Client, string) {
+	t.Helper()
+	ctx := context.Background()
+	admin := newClient(t, addr)
+	pass := user + "-password-0123456789"
+	acl := strings.Replace(minimalACL, "%s", pass, 1)
+	for _, d := range drop {
+		acl = strings.Replace(acl, " "+d, "", 1)
+	}
+	args := []any{"ACL", "SETUSER", user, "reset"}
+	for _, f := range strings.Fields(acl) {
+		args = append(args, f)
+	}
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
+	c := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
+	t.Cleanup(func() { _ = c.Close() })
+	return c, "tokencache:" + strings.TrimPrefix(prefix(t), "tct:")
+}
+
 // TestMinimalACL runs the whole protocol as a Redis user that has only the
 // permissions the README lists.
 func TestMinimalACL(t *testing.T) {

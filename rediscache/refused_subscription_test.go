@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokencache/tokencache/rediscache"
 )
 
@@ -36,34 +34,15 @@ func warnLogsMentioning(out, substr string) int {
 func TestRefusedSubscription(t *testing.T) {
 	addr := realRedis(t)
 	ctx := context.Background()
-	admin := newClient(t, addr)
-	user, pass := "tokencache-nosub-test", "nosub-test-password-0123456789"
-	acl := strings.Replace(strings.Replace(minimalACL, " +subscribe", "", 1), "%s", pass, 1)
-	if strings.Contains(acl, "subscribe") {
-		t.Fatalf("ACL still grants subscribe: %s", acl)
-	}
-	args := []any{"ACL", "SETUSER", user, "reset"}
-	for _, f := range strings.Fields(acl) {
-		args = append(args, f)
-	}
-	if err := admin.Do(ctx, args...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
-	p := "tokencache:" + strings.TrimPrefix(prefix(t), "tct:") // inside the ACL's key pattern
-
-	restricted := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
-	t.Cleanup(func() { _ = restricted.Close() })
+	restricted, p := aclUser(t, addr, "tokencache-nosub-test", "+subscribe")
 
 	// The premise: the server refuses this user's SUBSCRIBE.
 	{
-		probe := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
-		ps := probe.Subscribe(ctx, p+"events")
+		ps := restricted.Subscribe(ctx, p+"events")
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := ps.Receive(rctx)
 		cancel()
 		_ = ps.Close()
-		_ = probe.Close()
 		if err == nil || !strings.Contains(err.Error(), "NOPERM") {
 			t.Fatalf("SUBSCRIBE as the restricted user: %v, want NOPERM", err)
 		}

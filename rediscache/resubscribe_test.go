@@ -20,18 +20,8 @@ func TestRefusedResubscription(t *testing.T) {
 	addr := realRedis(t)
 	ctx := context.Background()
 	admin := newClient(t, addr)
-	user, pass := "tokencache-resub-test", "resub-test-password-0123456789"
-	args := []any{"ACL", "SETUSER", user, "reset"}
-	for _, f := range strings.Fields(strings.Replace(minimalACL, "%s", pass, 1)) {
-		args = append(args, f)
-	}
-	if err := admin.Do(ctx, args...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
-	p := "tokencache:" + strings.TrimPrefix(prefix(t), "tct:")
-	restricted := redis.NewClient(&redis.Options{Addr: addr, Username: user, Password: pass})
-	t.Cleanup(func() { _ = restricted.Close() })
+	user := "tokencache-resub-test"
+	restricted, p := aclUser(t, addr, user)
 	up := newUpstream(time.Hour)
 	var logsA syncBuffer
 	oA := testOptions(p)
