@@ -56,7 +56,7 @@ type Keyring struct {
 	Keys map[string][]byte
 	// WritePlain writes values in clear text while reading sealed ones: the
 	// first step of a rolling deploy, while instances without the Keyring
-	// still run.
+	// still run. It implies AcceptPlain.
 	WritePlain bool
 	// AcceptPlain reads values in clear text, which a Keyring otherwise
 	// refuses as malformed so that a value injected into Redis by someone
@@ -77,7 +77,9 @@ func newCodec(k *Keyring) (codec, error) {
 		return codec{}, nil
 	}
 	c := codec{current: k.Current, aeads: make(map[string]cipher.AEAD, len(k.Keys)),
-		writePlain: k.WritePlain, refusePlain: !k.AcceptPlain}
+		// Writing clear text implies reading it: an instance must read its
+		// own writes.
+		writePlain: k.WritePlain, refusePlain: !k.AcceptPlain && !k.WritePlain}
 	for id, key := range k.Keys {
 		if id == "" || len(id) > maxKeyIDLen || strings.IndexFunc(id, func(r rune) bool {
 			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')

@@ -163,3 +163,22 @@ func TestEncryptionRollingDeploy(t *testing.T) {
 		}
 	})
 }
+
+// TestWritePlainReadsItsOwnWrites: WritePlain implies AcceptPlain, so that
+// instances of the first rollout step read each other (second review).
+func TestWritePlainReadsItsOwnWrites(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		o := testOptions(prefix(t))
+		o.Encryption = &rediscache.Keyring{Current: "k1", Keys: map[string][]byte{"k1": key(1)}, WritePlain: true}
+		up := newUpstream(time.Hour)
+		for _, s := range instances(t, b, 3, up, o) {
+			if _, err := s.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if up.Issued() != 1 {
+			t.Errorf("upstream issued %d, want 1", up.Issued())
+		}
+	})
+}

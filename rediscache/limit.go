@@ -48,13 +48,13 @@ func (s *Store) Limiter(name, action string, l Limit) (*Limiter, error) {
 var limitScript = redis.NewScript(luaPrelude + `
 local kt = keytype(KEYS[1])
 if kt ~= 'hash' and kt ~= 'none' then redis.call('DEL', KEYS[1]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = servertime()
 local day = math.floor((now + tonumber(ARGV[3])) / 86400000)
 local h = redis.call('HMGET', KEYS[1], 'day', 'count', 'last')
 local count = 0
 if tonumber(h[1]) == day then count = tonumber(h[2]) or 0 end
 local last = tonumber(h[3])
+if last and last > now then last = nil end -- from the future: not ours
 if count >= tonumber(ARGV[1]) then return 0 end
 if last and now - last < tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'day', day, 'count', count + 1, 'last', string.format('%d', now))

@@ -184,3 +184,122 @@ func (secretError) Error() string {
 }
 func (secretError) Permanent() bool   { return true }
 func (secretError) ErrorCode() string { return "40125" }
+
+// TestBadFenceFieldsAreRepaired: fence fields that are not plain integers
+// (or too large for the scripts' numbers) do not wedge Save, and a fence
+// rebuilt while no token is stored still refuses a late refresher (second
+// review).
+func TestBadFenceFieldsAreRepaired(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		for _, garbage := range []string{"x", "", "1e300", "99999999999999999999"} {
+			p := prefix(t)
+			fence := "{" + p + "c}:fence"
+			c, _ := rediscache.New(rdb, testOptions(p)).Credential("c")
+			late, _ := c.NextVersion(ctx)
+			v2, _ := c.NextVersion(ctx)
+			if err := c.Save(ctx, token.Shared{Value: "newer-token-0123456789", Version: v2, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Invalidate(ctx, v2); err != nil {
+				t.Fatal(err)
+			}
+			rdb.HSet(ctx, fence, "written", garbage)
+			err := c.Save(ctx, token.Shared{Value: "late-token-0123456789", Version: late, TTL: time.Hour, Lifetime: time.Hour})
+			if !errors.Is(err, token.ErrFenced) {
+				t.Errorf("written=%q: late save: %v, want ErrFenced", garbage, err)
+			}
+			v3, err := c.NextVersion(ctx)
+			if err != nil {
+				t.Fatalf("written=%q: NextVersion: %v", garbage, err)
+			}
+			if err := c.Save(ctx, token.Shared{Value: "fresh-token-0123456789", Version: v3, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
+				t.Errorf("written=%q: a new version: %v", garbage, err)
+			}
+		}
+	})
+}
+
+// TestForgedRecordsDoNotBlockForever: a backoff record longer than any
+// backoff this code writes, and a limiter whose last use is in the future,
+// are garbage, not a block that nothing ends (second review).
+func TestForgedRecordsDoNotBlockForever(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		p := prefix(t)
+		st := rediscache.New(rdb, testOptions(p))
+		c, _ := st.Credential("c")
+		rdb.HSet(ctx, "{"+p+"c}:backoff", "failures", 1, "until", "99999999999999", "class", "permanent")
+		if bo, err := c.LoadBackoff(ctx); err != nil || bo.Remaining != 0 {
+			t.Errorf("forged backoff: %+v, %v; want none", bo, err)
+		}
+		rdb.HSet(ctx, "{"+p+"c}:limit:force", "last", "99999999999999")
+		lim, _ := st.Limiter("c", "force", rediscache.Limit{PerDay: 5, Every: time.Minute})
+		if ok, err := lim.Allow(ctx); err != nil || !ok {
+			t.Errorf("limiter with a future last use: %v, %v; want allowed", ok, err)
+		}
+	})
+}
+
+// TestResetBackoffReachesOtherInstances: an instance that learned of a
+// backoff re-reads the shared record at most once per RetryInterval, so
+// another instance's ResetBackoff ends its wait too (second review).
+func TestResetBackoffReachesOtherInstances(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		p := prefix(t)
+		up := newUpstream(time.Hour)
+		up.FailNext(secretError{})
+		o := testOptions(p)
+		o.Source.RetryInterval = 50 * time.Millisecond
+		x, y := instances(t, b, 2, up, o)[0], instances(t, b, 1, up, o)[0]
+		_, _ = x.Token(ctx)
+		if _, err := y.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
+			t.Fatalf("y: %v, want the backoff", err)
+		}
+		if err := x.ResetBackoff(ctx); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			tok, err := y.Token(ctx)
+			if err == nil && up.Valid(tok.Value) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("y after x's ResetBackoff: %v, %v", tok, err)
+			}
+			time.Sleep(5 * time.Millisecond) // a caller trying again
+		}
+	})
+}
+
+// TestTokenOfAnotherAccountExpires: once the other account's token is gone,
+// a Source fetches and the name is its account's (an IdentityKey or account
+// format change, or a name moved to another app, heals within a lifetime).
+func TestTokenOfAnotherAccountExpires(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		p := prefix(t)
+		up := newUpstream(300 * time.Millisecond)
+		a := identitySource(t, b, p, &idFetcher{up: up, account: "wechat:wxAAAA", secret: "secret-a-0123456789"})
+		if _, err := a.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.Close()
+		nb := identitySource(t, b, p, &idFetcher{up: up, account: "wechat:wxBBBB", secret: "secret-b-0123456789"})
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			tok, err := nb.Token(ctx)
+			if err == nil && up.Valid(tok.Value) {
+				break
+			}
+			if !errors.Is(err, token.ErrIdentityMismatch) || time.Now().After(deadline) {
+				t.Fatalf("Token = %v, %v", tok, err)
+			}
+			time.Sleep(10 * time.Millisecond) // until A's token expires
+		}
+	})
+}

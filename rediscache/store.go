@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -216,17 +217,36 @@ local function keytype(k)
   if type(t) == 'table' then t = t.ok end
   return t
 end
--- fixfence replaces a fence of the wrong type, rebuilding written (and
--- next) from the stored token, so that a late refresher's older version is
--- still refused.
+-- servertime is the server's clock in milliseconds.
+local function servertime()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- plainint reports whether v is a version this code could have written: a
+-- decimal integer below 2^53 (Lua numbers are doubles).
+local function plainint(v)
+  return v ~= false and v ~= nil and string.match(v, '^%d+$') ~= nil and #v <= 15
+end
+-- fixfence repairs a fence of the wrong type, or whose version fields are
+-- not plain integers: written and next are rebuilt from the stored token's
+-- version, or, with no token, from the server's clock, which is above every
+-- version issued before (so a late refresher's older version is still
+-- refused).
 local function fixfence(fk, tk)
   local ft = keytype(fk)
-  if ft == 'hash' or ft == 'none' then return end
-  redis.call('DEL', fk)
-  if keytype(tk) == 'string' then
-    local v = string.match(redis.call('GET', tk), '^%w|(%d+)|')
-    if v then redis.call('HSET', fk, 'written', v, 'next', v) end
+  if ft == 'none' then return end
+  if ft == 'hash' then
+    local f = redis.call('HMGET', fk, 'written', 'next', 'invalidated')
+    if (f[1] == false or plainint(f[1])) and (f[2] == false or plainint(f[2])) and (f[3] == false or plainint(f[3])) then return end
   end
+  local id = false
+  if ft == 'hash' then id = redis.call('HGET', fk, 'id') end
+  redis.call('DEL', fk)
+  local v = false
+  if keytype(tk) == 'string' then v = string.match(redis.call('GET', tk), '^%w|(%d+)|') end
+  if not v or not plainint(v) then v = string.format('%d', servertime()) end
+  redis.call('HSET', fk, 'written', v, 'next', v)
+  if id then redis.call('HSET', fk, 'id', id) end
 end
 `
 
@@ -236,6 +256,7 @@ type Credential struct {
 	s                           *Store
 	name                        string
 	token, lock, fence, backoff string
+	lockChecked                 atomic.Int64 // unix ns of the last check for a broken lock
 }
 
 var (
@@ -252,6 +273,8 @@ local w, i, id = '0', '0', ''
 if keytype(KEYS[2]) == 'hash' then
   local f = redis.call('HMGET', KEYS[2], 'written', 'invalidated', 'id')
   w, i, id = f[1] or '0', f[2] or '0', f[3] or ''
+  if not plainint(w) then w = '0' end
+  if not plainint(i) then i = '0' end
 end
 local t = keytype(KEYS[1])
 if t == 'none' then return {'', -2, w, i, id} end
@@ -309,9 +332,10 @@ func (c *Credential) Load(ctx context.Context) (token.Shared, error) {
 }
 
 // validFingerprint reports whether s is what token's fingerprints look
-// like (32 lowercase hex digits); anything else read from Redis is ignored.
+// like (8 or 32 lowercase hex digits); anything else read from Redis is
+// ignored.
 func validFingerprint(s string) bool {
-	if len(s) != 32 {
+	if len(s) != 8 && len(s) != 32 {
 		return false
 	}
 	for _, r := range s {
@@ -347,8 +371,7 @@ func parseVersion(v any) (int64, bool) {
 var nextVersionScript = redis.NewScript(luaPrelude + `
 fixfence(KEYS[1], KEYS[2])
 local n = (tonumber(redis.call('HGET', KEYS[1], 'next')) or 0) + 1
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = servertime()
 if now > n then n = now end
 redis.call('HSET', KEYS[1], 'next', string.format('%d', n))
 return n
@@ -440,16 +463,20 @@ if kt ~= 'hash' then
   return {0, 0, '', '', ''}
 end
 local h = redis.call('HMGET', KEYS[1], 'failures', 'until', 'class', 'code', 'id')
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = servertime()
 local left = (tonumber(h[2]) or 0) - now
 if left < 0 then left = 0 end
+if left > tonumber(ARGV[1]) then
+  -- Longer than any backoff this code records: not ours.
+  redis.call('DEL', KEYS[1])
+  return {0, 0, '', '', ''}
+end
 return {tonumber(h[1]) or 0, left, h[3] or '', h[4] or '', h[5] or ''}
 `)
 
 // LoadBackoff implements token.Store.
 func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
-	res, err := loadBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}).Slice()
+	res, err := loadBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}, maxBackoff.Milliseconds()).Slice()
 	if err != nil {
 		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
 	}
@@ -463,15 +490,15 @@ func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 	id, _ := res[4].(string)
 	return token.Backoff{
 		Failures:  int(min(max(failures, 0), 1<<20)),
-		Remaining: time.Duration(min(left, maxBackoff.Milliseconds())) * time.Millisecond,
+		Remaining: time.Duration(left) * time.Millisecond,
 		Class:     cleanClass(class),
 		Code:      cleanCode(code),
 		Identity:  fp(id),
 	}, nil
 }
 
-// maxBackoff bounds a backoff read from Redis: a forged record must not stop
-// a credential for longer.
+// maxBackoff bounds a backoff: SaveBackoff records no longer one, and a
+// record that says longer (forged, or garbage) is removed when read.
 const maxBackoff = time.Hour
 
 // cleanClass keeps a class read from Redis if it is one of token's.
@@ -501,8 +528,7 @@ func cleanCode(c string) string {
 var saveBackoffScript = redis.NewScript(luaPrelude + `
 if keytype(KEYS[1]) ~= 'hash' or (ARGV[1] == '0' and ARGV[2] == '0') then redis.call('DEL', KEYS[1]) end
 if ARGV[1] == '0' and ARGV[2] == '0' then return 1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = servertime()
 redis.call('HSET', KEYS[1], 'failures', ARGV[1], 'until', string.format('%d', now + tonumber(ARGV[2])), 'class', ARGV[3], 'code', ARGV[4], 'id', ARGV[5])
 redis.call('HDEL', KEYS[1], 'err')
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 3600000)
@@ -511,7 +537,7 @@ return 1
 
 // SaveBackoff implements token.Store. The zero Backoff removes the record.
 func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
-	ms := max(b.Remaining.Milliseconds(), 0)
+	ms := min(max(b.Remaining.Milliseconds(), 0), maxBackoff.Milliseconds())
 	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff},
 		max(b.Failures, 0), ms, cleanClass(b.Class), cleanCode(b.Code), fp(b.Identity)).Err()
 	if err != nil {
@@ -523,6 +549,14 @@ func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
 // Watch implements token.Store.
 func (c *Credential) Watch(fn func(token.Event)) (stop func()) {
 	return c.s.watch(c.name, fn)
+}
+
+// mayRepairLock rations the check for a broken lock to once per LockTTL, so
+// that waiters polling a held lock do not double its traffic.
+func (c *Credential) mayRepairLock() bool {
+	now := time.Now().UnixNano()
+	last := c.lockChecked.Load()
+	return now-last >= int64(c.s.opts.LockTTL) && c.lockChecked.CompareAndSwap(last, now)
 }
 
 // repairLockScript removes a lock key that package lock cannot have written:
@@ -539,22 +573,19 @@ return 1
 // until released.
 func (c *Credential) TryLock(ctx context.Context) (token.Held, error) {
 	l, err := c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
-	if err != nil && (errors.Is(err, lock.ErrNotObtained) || strings.Contains(err.Error(), "WRONGTYPE")) {
+	broken := err != nil && (errors.Is(err, lock.ErrNotObtained) || strings.Contains(err.Error(), "WRONGTYPE"))
+	if broken && c.mayRepairLock() {
 		// A lock of the wrong type or without a TTL is nobody's: it
 		// would block every refresh forever.
-		if n, rerr := repairLockScript.Run(ctx, c.s.rdb, []string{c.lock}).Int(); rerr != nil || n == 0 {
-			if errors.Is(err, lock.ErrNotObtained) {
-				return nil, token.ErrLocked
-			}
-			return nil, fmt.Errorf("rediscache: lock %s: %w", c.name, err)
-		}
-		c.s.log.Warn("tokencache: removed a refresh lock that was not ours (wrong type or no TTL)", slog.String("credential", c.name))
-		l, err = c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
-		if errors.Is(err, lock.ErrNotObtained) {
-			return nil, token.ErrLocked
+		if n, rerr := repairLockScript.Run(ctx, c.s.rdb, []string{c.lock}).Int(); rerr == nil && n == 1 {
+			c.s.log.Warn("tokencache: removed a refresh lock that was not ours (wrong type or no TTL)", slog.String("credential", c.name))
+			l, err = c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, lock.ErrNotObtained):
+		return nil, token.ErrLocked
+	case err != nil:
 		return nil, fmt.Errorf("rediscache: lock %s: %w", c.name, err)
 	}
 	return l, nil

@@ -42,31 +42,54 @@ type Identifier interface {
 // account.
 var ErrIdentityMismatch = errors.New("token: the shared token belongs to another account")
 
-// defaultIdentityKey keys the fingerprints when Options.IdentityKey is unset.
-// It is public, so a fingerprint is then as hard to reverse as the secret is
-// to guess: fine for random secrets (a WeChat AppSecret, an OAuth client
-// secret), not for a password.
-var defaultIdentityKey = []byte("tokencache identity fingerprint v1")
+// accountKey keys the account fingerprint. It is public: an account name
+// (an AppID, a client ID) is no secret, and a fixed key keeps the
+// fingerprint stable whatever IdentityKey is set to.
+var accountKey = []byte("tokencache account fingerprint v1")
 
 // fingerprints returns the keyed fingerprints of f's identity: of its
-// account alone, and of account and secret. Both are "" if f has none.
-func fingerprints(f Fetcher, key []byte) (account, fetcher string) {
+// account alone (32 hex digits), and of account and secret. The latter is
+// keyed with Options.IdentityKey; without one it is cut to 8 hex digits
+// (32 bits), enough to tell a corrected secret from a wrong one, too few to
+// confirm a guess of a random secret. Both are "" if f has no identity.
+func fingerprints(f Fetcher, key []byte) (account, fetcher string, err error) {
 	id, ok := f.(Identifier)
 	if !ok {
-		return "", ""
+		return "", "", nil
 	}
-	i := id.Identity()
-	if len(key) == 0 {
-		key = defaultIdentityKey
-	}
-	mac := func(parts ...[]byte) string {
-		h := hmac.New(sha256.New, key)
-		for _, p := range parts {
-			// Length-prefixed, so that no two inputs run together.
-			fmt.Fprintf(h, "%d:", len(p))
-			h.Write(p)
+	defer func() {
+		if p := recover(); p != nil {
+			account, fetcher, err = "", "", fmt.Errorf("Identity panicked (%T)", p)
 		}
-		return hex.EncodeToString(h.Sum(nil)[:16])
+	}()
+	i := id.Identity()
+	account = mac(accountKey, []byte("account"), []byte(i.Account))
+	if len(key) == 0 {
+		return account, mac(accountKey, []byte("fetcher"), []byte(i.Account), i.Secret)[:8], nil
 	}
-	return mac([]byte("account"), []byte(i.Account)), mac([]byte("fetcher"), []byte(i.Account), i.Secret)
+	return account, mac(key, []byte("fetcher"), []byte(i.Account), i.Secret), nil
 }
+
+// mac is the HMAC-SHA256 of the length-prefixed parts (so that no two
+// inputs run together), 16 bytes in hex.
+func mac(key []byte, parts ...[]byte) string {
+	h := hmac.New(sha256.New, key)
+	for _, p := range parts {
+		fmt.Fprintf(h, "%d:", len(p))
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// WithIdentity returns a Fetcher that fetches with f and has identity id,
+// for a Fetcher (such as a FetcherFunc) that does not implement Identifier.
+func WithIdentity(f Fetcher, id Identity) Fetcher {
+	return identified{f, id}
+}
+
+type identified struct {
+	Fetcher
+	id Identity
+}
+
+func (i identified) Identity() Identity { return i.id }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -179,5 +180,84 @@ func TestRedactURLs(t *testing.T) {
 		if got := token.RedactURLs(in); got != want {
 			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestTypedNilsAreRefused: a nil pointer or func inside the interface is as
+// nil as nil (second review).
+func TestTypedNilsAreRefused(t *testing.T) {
+	st := tokentest.NewStore()
+	var nilUpstream *tokentest.Upstream
+	for name, f := range map[string]token.Fetcher{"nil pointer": nilUpstream, "nil func": token.FetcherFunc(nil)} {
+		if _, err := token.NewSource("c", f, st, st, opts()); !errors.Is(err, token.ErrInvalidConfig) {
+			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		}
+	}
+	panicky := token.WithIdentity(tokentest.New(time.Hour), token.Identity{})
+	if _, err := token.NewSource("c", panickyIdentity{panicky}, st, st, opts()); !errors.Is(err, token.ErrInvalidConfig) {
+		t.Errorf("an Identity that panics: %v, want ErrInvalidConfig", err)
+	}
+}
+
+type panickyIdentity struct{ token.Fetcher }
+
+func (panickyIdentity) Identity() token.Identity { panic("no identity") }
+
+// TestGoexitInFetcher: a Fetcher that ends its goroutine with
+// runtime.Goexit (t.FailNow in a test fake) is reported like a panic, at
+// once, not after FetchTimeout.
+func TestGoexitInFetcher(t *testing.T) {
+	st := tokentest.NewStore()
+	o := opts()
+	o.FetchTimeout = time.Hour
+	s := newSource(t, token.FetcherFunc(func(context.Context) (token.Token, error) {
+		runtime.Goexit()
+		return token.Token{}, nil
+	}), st, o)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.Token(ctx); !errors.Is(err, token.ErrFetcherPanic) {
+		t.Errorf("err = %v, want ErrFetcherPanic", err)
+	}
+}
+
+// TestCallersGetRedactedErrors: the failing instance's callers get the
+// fetcher's error with URL query strings redacted (they log it), still
+// matching it with errors.As.
+func TestCallersGetRedactedErrors(t *testing.T) {
+	ctx := context.Background()
+	st := tokentest.NewStore()
+	s := newSource(t, token.FetcherFunc(func(context.Context) (token.Token, error) { return token.Token{}, secretError{} }), st, opts())
+	for range 2 { // the failure itself, then the backoff
+		_, err := s.Token(ctx)
+		if err == nil || strings.Contains(err.Error(), secret) || !errors.As(err, new(secretError)) {
+			t.Errorf("err = %v: want the fetcher's error, redacted", err)
+		}
+	}
+}
+
+// TestResetBackoffEndsTheFetchCap: ResetBackoff, which the cap's error
+// names, ends the cap too.
+func TestResetBackoffEndsTheFetchCap(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := tokentest.NewStore()
+	s := newSource(t, up, st, opts())
+	var err error
+	for range 3 * token.MaxFetchesPerLifetime {
+		var tok token.Token
+		if tok, err = s.Token(ctx); err != nil {
+			break
+		}
+		_ = s.Invalidate(ctx, tok.Value)
+	}
+	if !errors.Is(err, token.ErrTooManyFetches) {
+		t.Fatalf("err = %v, want ErrTooManyFetches", err)
+	}
+	if err := s.ResetBackoff(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s.Token(ctx); err != nil || !up.Valid(tok.Value) {
+		t.Errorf("after ResetBackoff: %v, %v", tok, err)
 	}
 }

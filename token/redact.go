@@ -26,3 +26,19 @@ func errAttr(err error) slog.Attr {
 	}
 	return slog.String("error", RedactURLs(err.Error()))
 }
+
+// redactedError shows its error with URL query strings redacted: a
+// Fetcher's error goes to callers, who log it. errors.Is and errors.As see
+// the original.
+type redactedError struct{ err error }
+
+func (e redactedError) Error() string { return RedactURLs(e.err.Error()) }
+func (e redactedError) Unwrap() error { return e.err }
+
+// redactErr wraps err, if any, in a redactedError.
+func redactErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return redactedError{err}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -59,10 +60,12 @@ type Options struct {
 	// lifetime and a shared TTL into ExpiresAt. It must be the clock the
 	// Fetcher uses. Default time.Now.
 	Now func() time.Time
-	// IdentityKey keys the fingerprints of a Fetcher's Identity kept in the
-	// shared store. Every instance of a credential needs the same key.
-	// Default: a public key, which is enough for random secrets; set one
-	// (32 random bytes) if a secret could be guessed.
+	// IdentityKey keys the fingerprint of a Fetcher's secret kept in the
+	// shared backoff record (see Identity). Every instance of a credential
+	// needs the same key; changing it only means that a backoff recorded
+	// under the old key does not hold back instances with the new one.
+	// Default: none, and the fingerprint is cut to 32 bits; set one (32
+	// random bytes) if a secret could be guessed.
 	IdentityKey []byte
 }
 
@@ -211,9 +214,10 @@ type Source struct {
 	retryAt time.Time     // no background refresh before this
 	// A shared backoff this instance knows of: until then, callers with no
 	// valid token get a BackoffError without asking Redis.
-	backoffUntil time.Time
-	backoff      Backoff
-	backoffCause error // the failure, if this instance saw it
+	backoffUntil   time.Time
+	backoff        Backoff
+	backoffCause   error     // the failure, if this instance saw it
+	backoffChecked time.Time // when the shared record was last re-read
 	// After a store failure or an identity mismatch, callers with no valid
 	// token get failErr until retryAt without asking the store again.
 	failErr error
@@ -230,15 +234,18 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 	switch {
 	case name == "":
 		return nil, fmt.Errorf("%w: empty credential name", ErrInvalidConfig)
-	case f == nil:
+	case isNil(f):
 		return nil, fmt.Errorf("%w: %s: nil Fetcher", ErrInvalidConfig, name)
-	case store == nil:
+	case isNil(store):
 		return nil, fmt.Errorf("%w: %s: nil Store", ErrInvalidConfig, name)
-	case locker == nil:
+	case isNil(locker):
 		return nil, fmt.Errorf("%w: %s: nil Locker", ErrInvalidConfig, name)
 	}
 	opts = opts.withDefaults()
-	account, fetcher := fingerprints(f, opts.IdentityKey)
+	account, fetcher, err := fingerprints(f, opts.IdentityKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
+	}
 	s := &Source{
 		accountFP: account,
 		fetcherFP: fetcher,
@@ -281,7 +288,7 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		return e.tok, nil
 	}
 	if !valid || !e.alive(s.dead.Load()) {
-		if err := s.notYet(); err != nil {
+		if err := s.notYet(); err != nil && !s.backoffEnded(ctx, err) {
 			return Token{}, err
 		}
 	}
@@ -339,6 +346,47 @@ func (s *Source) notYet() error {
 		return s.failErr
 	}
 	return nil
+}
+
+// isNil reports whether v is nil, or an interface holding a nil pointer,
+// func, map, slice or channel (a typed nil, such as a nil
+// *wechat.TokenFetcher or FetcherFunc(nil)).
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch r := reflect.ValueOf(v); r.Kind() {
+	case reflect.Pointer, reflect.Func, reflect.Map, reflect.Slice, reflect.Chan, reflect.Interface:
+		return r.IsNil()
+	}
+	return false
+}
+
+// backoffEnded re-reads the shared backoff record behind err, at most once
+// per RetryInterval, and reports whether it has ended: another instance's
+// ResetBackoff, or a save, ends it everywhere.
+func (s *Source) backoffEnded(ctx context.Context, err error) bool {
+	var be *BackoffError
+	if !errors.As(err, &be) {
+		return false
+	}
+	s.mu.Lock()
+	due := time.Since(s.backoffChecked) >= s.opts.RetryInterval
+	if due {
+		s.backoffChecked = time.Now()
+	}
+	s.mu.Unlock()
+	if !due {
+		return false
+	}
+	b, lerr := s.store.LoadBackoff(ctx)
+	if lerr != nil || (b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP)) {
+		return false
+	}
+	s.mu.Lock()
+	s.endBackoffLocked()
+	s.mu.Unlock()
+	return true
 }
 
 // ctxErr wraps the error of a done ctx, and its cause if that differs, so
@@ -502,11 +550,10 @@ func (s *Source) load(ctx context.Context) (read, error) {
 		have := sh.TTL > 0 && !dead && sh.Version >= s.seen.Load()
 		return read{sh: sh, have: have, invalidated: dead}, nil
 	case errors.Is(err, ErrNotFound):
+		// No live token: whatever account the last one was for, a fetch
+		// may replace it (and its identity).
 		s.storeUp(false)
 		s.confirm(seen, dead, sh.Fence)
-		if err := s.checkIdentity(sh.Fence); err != nil {
-			return read{}, err
-		}
 		return read{sh: Shared{Fence: sh.Fence}, invalidated: errors.Is(err, ErrInvalidated)}, nil
 	case errors.Is(err, ErrMalformed):
 		s.storeUp(false)
@@ -640,6 +687,7 @@ func (s *Source) ResetBackoff(ctx context.Context) error {
 	s.endBackoffLocked()
 	s.retryAt, s.failErr = time.Time{}, nil
 	s.mu.Unlock()
+	s.fetches.reset()
 	return nil
 }
 
@@ -868,6 +916,13 @@ type fetchLog struct {
 	next int // index of the oldest
 }
 
+// reset forgets every fetch.
+func (l *fetchLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.at, l.next = [MaxFetchesPerLifetime]time.Time{}, 0
+}
+
 func (l *fetchLog) add(t time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -927,17 +982,22 @@ func (s *Source) fetch(ctx context.Context) (Token, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
+		returned := false
 		defer func() {
-			if p := recover(); p != nil {
-				// The stack says where; the panic value may hold anything,
-				// so only its type is logged.
-				s.log.Error("tokencache: fetcher panicked", slog.String("panic_type", fmt.Sprintf("%T", p)),
-					slog.String("stack", string(debug.Stack())))
-				ch <- result{err: fmt.Errorf("%w (%T)", ErrFetcherPanic, p)}
+			if returned {
+				return
 			}
+			// A panic, or runtime.Goexit (recover returns nil). The stack
+			// says where; the panic value may hold anything, so only its
+			// type is logged.
+			p := recover()
+			s.log.Error("tokencache: fetcher panicked", slog.String("panic_type", fmt.Sprintf("%T", p)),
+				slog.String("stack", string(debug.Stack())))
+			ch <- result{err: fmt.Errorf("%w (%T)", ErrFetcherPanic, p)}
 		}()
 		tok, err := s.fetcher.Fetch(ctx)
-		ch <- result{tok, err}
+		returned = true
+		ch <- result{tok, redactErr(err)}
 	}()
 	select {
 	case r := <-ch:
