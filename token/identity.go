@@ -18,10 +18,11 @@ import (
 // token and never refetches in turn; when the upstream rejects a token after
 // the old secret was revoked, Invalidate and a fetch with the new secret
 // follow. A token of another Account under the same credential name is
-// refused with ErrIdentityMismatch, and never fetched over. A shared backoff
-// applies only to Sources whose Account and Secret both match the Fetcher's
-// that failed, so a fixed secret is not held back by the wrong one's
-// backoff.
+// refused with ErrIdentityMismatch while it lives, and never fetched over;
+// once it is gone, a fetch may claim the name for its own account. A shared
+// backoff applies only to Sources whose Account and Secret both match the
+// Fetcher's that failed, so a fixed secret is not held back by the wrong
+// one's backoff.
 type Identity struct {
 	// Account names the upstream account, e.g. "wechat:" + AppID.
 	Account string
@@ -36,10 +37,10 @@ type Identifier interface {
 }
 
 // ErrIdentityMismatch is wrapped by the error Token returns when the shared
-// store holds a token fetched for another Account under the same credential
-// name: two applications are configured with one name. Give each its own
-// name, or delete the credential's keys when moving a name to another
-// account.
+// store holds a live token fetched for another Account under the same
+// credential name: two applications are configured with one name. Give each
+// its own name. (Moving a name to another account works by itself once the
+// old account's token has expired.)
 var ErrIdentityMismatch = errors.New("token: the shared token belongs to another account")
 
 // accountKey keys the account fingerprint. It is public: an account name
