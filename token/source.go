@@ -465,42 +465,12 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			}
 			continue // invalidated meanwhile
 		}
-		// The lock, and the fetch and save under it, are not bounded by
-		// the wait budget: a token the upstream has issued must not be
-		// dropped because waiting took long. FetchTimeout bounds them.
-		held, err := s.locker.TryLock(s.ctx)
-		switch {
-		case err == nil:
-			s.storeUp(true)
-			e, lost, err := s.refreshLocked(ctx, held)
-			if lost {
-				// We lost the lock mid-refresh, so another instance may
-				// have taken over: read again and wait for it.
-				s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
-				continue
-			}
-			if e != nil || err != nil {
-				return e, err
-			}
-			// The store holds its newest token, which this Source could
-			// not adopt because an event arrived meanwhile: wait for the
-			// next event or poll, never fetch over it.
-		case !errors.Is(err, ErrLocked):
-			if s.ctx.Err() != nil {
-				return nil, ErrClosed
-			}
-			return nil, s.storeErr("lock", true, err)
-		case r.have:
-			// Another instance is refreshing and this token is still
-			// valid: serve it, and look again after a poll interval if no
-			// notification comes first.
-			s.storeUp(true) // a refused lock is a write the store answered
-			if e := s.adopt(r.sh, s.opts.PollInterval); e != nil {
-				return e, nil
-			}
-			continue // invalidated meanwhile
-		default:
-			s.storeUp(true)
+		e, next, err := s.attempt(ctx, r)
+		switch next {
+		case stepDone:
+			return e, err
+		case stepAgain:
+			continue
 		}
 		timer.Reset(s.opts.PollInterval)
 		select {
@@ -510,6 +480,58 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			return nil, ctxErr(fmt.Sprintf("token: %s: waiting for another instance's refresh", s.name), ctx)
 		}
 	}
+}
+
+// step is what one attempt at the lock decided.
+type step int
+
+const (
+	stepDone  step = iota // return the entry or the error
+	stepAgain             // read the store again at once
+	stepWait              // wait for an event or a poll interval, then read again
+)
+
+// attempt tries the lock after read r found no fresh token: it refreshes
+// under the lock, or serves r's token while another instance refreshes.
+func (s *Source) attempt(ctx context.Context, r read) (*entry, step, error) {
+	// The lock, and the fetch and save under it, are not bounded by the
+	// wait budget: a token the upstream has issued must not be dropped
+	// because waiting took long. FetchTimeout bounds them.
+	held, err := s.locker.TryLock(s.ctx)
+	switch {
+	case err == nil:
+		s.storeUp(true)
+		e, lost, err := s.refreshLocked(ctx, held)
+		switch {
+		case lost:
+			// We lost the lock mid-refresh, so another instance may have
+			// taken over: read again and wait for it.
+			s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
+			return nil, stepAgain, nil
+		case e != nil || err != nil:
+			return e, stepDone, err
+		}
+		// The store holds its newest token, which this Source could not
+		// adopt because an event arrived meanwhile: wait for the next
+		// event or poll, never fetch over it.
+		return nil, stepWait, nil
+	case !errors.Is(err, ErrLocked):
+		if s.ctx.Err() != nil {
+			return nil, stepDone, ErrClosed
+		}
+		return nil, stepDone, s.storeErr("lock", true, err)
+	}
+	s.storeUp(true) // a refused lock is a write the store answered
+	if !r.have {
+		return nil, stepWait, nil
+	}
+	// Another instance is refreshing and this token is still valid: serve
+	// it, and look again after a poll interval if no notification comes
+	// first.
+	if e := s.adopt(r.sh, s.opts.PollInterval); e != nil {
+		return e, stepDone, nil
+	}
+	return nil, stepAgain, nil // invalidated meanwhile
 }
 
 // read is what load found.
