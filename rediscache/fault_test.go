@@ -14,12 +14,15 @@ import (
 
 // redisProcess is a redis-server the test starts, stops and restarts itself.
 type redisProcess struct {
-	t    *testing.T
-	port int
-	cmd  *exec.Cmd
+	t     *testing.T
+	port  int
+	extra []string // more redis-server arguments
+	cmd   *exec.Cmd
 }
 
-func startRedis(t *testing.T) *redisProcess {
+// startRedis starts a private redis-server on a free loopback port, with
+// the extra arguments, stopped when the test ends.
+func startRedis(t *testing.T, extra ...string) *redisProcess {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("needs redis-server on PATH")
@@ -30,7 +33,7 @@ func startRedis(t *testing.T) *redisProcess {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	r := &redisProcess{t: t, port: port}
+	r := &redisProcess{t: t, port: port, extra: extra}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -40,8 +43,9 @@ func (r *redisProcess) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port
 
 func (r *redisProcess) start() {
 	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
-		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
+	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
+		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir()}
+	r.cmd = exec.Command("redis-server", append(args, r.extra...)...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}

@@ -107,35 +107,10 @@ func timed(t *testing.T, what string, bound, giveUp time.Duration, unblock func(
 // refuses it by default).
 func startDebugRedis(t *testing.T) *redisProcess {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("needs redis-server on PATH")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	r := &redisProcess{t: t, port: port}
-	t.Cleanup(r.stop)
-	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir()}
 	if out, _ := exec.Command("redis-server", "--version").Output(); len(out) > 0 && !startsWithV6OrOlder(string(out)) {
-		args = append(args, "--enable-debug-command", "local")
+		return startRedis(t, "--enable-debug-command", "local")
 	}
-	r.cmd = exec.Command("redis-server", args...)
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(&redis.Options{Addr: r.addr()})
-	defer c.Close()
-	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not start")
-		}
-		time.Sleep(10 * time.Millisecond) // polling the server's start
-	}
-	return r
+	return startRedis(t)
 }
 
 // startsWithV6OrOlder reports whether redis-server --version output names a
