@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Identity says which upstream account a Fetcher fetches for, and with which
@@ -94,3 +95,16 @@ type identified struct {
 }
 
 func (i identified) Identity() Identity { return i.id }
+
+// checkIdentity refuses a credential whose last token was saved for another
+// account, warning at most once a minute.
+func (s *Source) checkIdentity(f Fence) error {
+	if f.Identity == "" || s.accountFP == "" || f.Identity == s.accountFP {
+		return nil
+	}
+	now := time.Now().UnixNano()
+	if last := s.mismatches.Load(); now-last >= int64(time.Minute) && s.mismatches.CompareAndSwap(last, now) {
+		s.log.Error("tokencache: the shared token was fetched for another account: two applications use one credential name; nothing is fetched")
+	}
+	return fmt.Errorf("token: %s: %w", s.name, ErrIdentityMismatch)
+}

@@ -6,6 +6,21 @@
 // [Store], and lets exactly one instance refresh it under a [Locker]. The
 // package knows nothing about Redis; package rediscache provides the Store and
 // Locker most users want.
+//
+// # How a Source's token moves
+//
+//	no token  --Token-->            refreshing (flight.go)
+//	refreshing --read/fetch+save--> fresh      (protocol.go, nearcache.go)
+//	fresh     --refresh-ahead timer--> ahead: still served, one background refresh
+//	fresh, ahead --event: newer or invalidated--> superseded: read again (events.go)
+//	any       --expiry-->           no token
+//	refreshing --failure-->         gated (gate.go): a shared backoff, a failing
+//	                                store until RetryInterval, a fetch cap
+//	Unsubscribed event              tokens are re-read after PollInterval, on
+//	                                demand, until Resync
+//
+// Nothing that arrives from outside (an event, a stored value, a backoff
+// record) is trusted beyond what the store's own fence confirms.
 package token
 
 import (
