@@ -72,7 +72,14 @@ func TestEncryptionAtRest(t *testing.T) {
 		if err != nil || newer.Value == tok.Value {
 			t.Fatalf("refresh after rotation: %v, %v", newer, err)
 		}
-		raw, _ = rdb.Get(ctx, "{"+p+"c}:token").Result()
+		// The refresher serves the new token at once and saves it just
+		// after: wait for the save.
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+			raw, _ = rdb.Get(ctx, "{"+p+"c}:token").Result()
+			if raw != "" || time.Now().After(deadline) {
+				break
+			}
+		}
 		if !strings.HasPrefix(raw, "e|") || !strings.Contains(raw, "|k2|") {
 			t.Errorf("value after rotation is not sealed with k2: %.40s", raw)
 		}
