@@ -235,10 +235,20 @@ func TestFormatsStayCompatible(t *testing.T) {
 		if err := src.ResetBackoff(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := src.Token(ctx); err != nil {
-			t.Fatal(err)
+		// A refresh that the Invalidate started may have read the record
+		// before the reset and still report it: callers try again, and the
+		// Source re-reads the record within RetryInterval.
+		var raw string
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			_, err := src.Token(ctx)
+			raw, _ = rdb.Get(ctx, tag+"token").Result()
+			if err == nil && raw != "" {
+				break
+			}
+			if !errors.Is(err, token.ErrUpstreamBackoff) && err != nil || time.Now().After(deadline) {
+				t.Fatalf("after ResetBackoff: %v (stored %.10q)", err, raw)
+			}
 		}
-		raw, _ := rdb.Get(ctx, tag+"token").Result()
 		if !oldToken.MatchString(raw) {
 			t.Errorf("token value %.20q… does not parse as the previous release's", raw)
 		}
