@@ -235,9 +235,10 @@ func TestFormatsStayCompatible(t *testing.T) {
 		if err := src.ResetBackoff(ctx); err != nil {
 			t.Fatal(err)
 		}
-		// A refresh that the Invalidate started may have read the record
-		// before the reset and still report it: callers try again, and the
-		// Source re-reads the record within RetryInterval.
+		// A refresh that the Invalidate started may still be reading the
+		// record as the reset lands: callers try again, and the Source
+		// re-reads the record within RetryInterval. The refresher serves its
+		// token before its save lands: wait for the save too.
 		var raw string
 		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 			_, err := src.Token(ctx)

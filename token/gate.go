@@ -97,6 +97,7 @@ func (s *Source) ResetBackoff(ctx context.Context) error {
 	if err := s.store.SaveBackoff(ctx, Backoff{}); err != nil {
 		return fmt.Errorf("token: %s: reset backoff: %w", s.name, err)
 	}
+	s.resets.Add(1)
 	s.mu.Lock()
 	s.endBackoffLocked()
 	s.retryAt, s.failErr = time.Time{}, nil

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -259,5 +260,51 @@ func TestResetBackoffEndsTheFetchCap(t *testing.T) {
 	}
 	if tok, err := s.Token(ctx); err != nil || !up.Valid(tok.Value) {
 		t.Errorf("after ResetBackoff: %v, %v", tok, err)
+	}
+}
+
+// backoffGate holds LoadBackoff after it has read the record, so that a
+// test can reset the backoff in between.
+type backoffGate struct {
+	*tokentest.Store
+	read    chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *backoffGate) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+	b, err := g.Store.LoadBackoff(ctx)
+	g.once.Do(func() {
+		close(g.read)
+		<-g.release
+	})
+	return b, err
+}
+
+// TestResetBackoffBeatsARefreshInFlight: a refresh that read the backoff
+// record just before ResetBackoff does not report it: its callers get a
+// token, not the backoff the reset ended.
+func TestResetBackoffBeatsARefreshInFlight(t *testing.T) {
+	ctx := context.Background()
+	up := tokentest.New(time.Hour)
+	st := &backoffGate{Store: tokentest.NewStore(), read: make(chan struct{}), release: make(chan struct{})}
+	_ = st.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Hour, Class: token.ClassPermanent})
+	s, err := token.NewSource("test", up, st, st, opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got := make(chan error, 1)
+	go func() {
+		_, err := s.Token(ctx)
+		got <- err
+	}()
+	<-st.read // the refresh has read the hour-long backoff
+	if err := s.ResetBackoff(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(st.release)
+	if err := <-got; err != nil {
+		t.Errorf("Token after ResetBackoff: %v, want a token", err)
 	}
 }

@@ -187,14 +187,18 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	case r.have:
 		reason = ReasonExpiring
 	}
+	resets := s.resets.Load()
 	b, err := s.store.LoadBackoff(lctx)
 	if err != nil {
 		return nil, false, s.storeErr("read backoff", false, err)
 	}
-	if b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP) {
+	switch {
+	case b.Remaining > 0 && s.resets.Load() != resets:
+		// ResetBackoff ran while we read the record it removed.
+		b = Backoff{}
+	case b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP):
 		return nil, false, s.backingOff(b, nil)
-	}
-	if b.Remaining > 0 {
+	case b.Remaining > 0:
 		// Recorded by a Fetcher with another account or secret (a wrong
 		// secret that was since fixed): not ours to wait for.
 		s.log.Info("tokencache: ignoring a backoff recorded by a fetcher with another identity", slog.String("class", b.Class))

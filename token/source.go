@@ -44,6 +44,7 @@ type Source struct {
 	distrusts  atomic.Int64 // unix ns of the last warning about an unconfirmed event
 	lifetime   atomic.Int64 // of the last token installed, in ns: bounds fetches per lifetime
 	mismatches atomic.Int64 // unix ns of the last error about another account's token
+	resets     atomic.Int64 // ResetBackoff calls: a refresh ignores a record read across one
 
 	// accountFP and fetcherFP fingerprint the Fetcher's Identity (see
 	// fingerprints); write-once in NewSource.
