@@ -187,22 +187,9 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 	case r.have:
 		reason = ReasonExpiring
 	}
-	resets := s.resets.Load()
-	b, err := s.store.LoadBackoff(lctx)
+	b, err := s.sharedBackoff(lctx)
 	if err != nil {
-		return nil, false, s.storeErr("read backoff", false, err)
-	}
-	switch {
-	case b.Remaining > 0 && s.resets.Load() != resets:
-		// ResetBackoff ran while we read the record it removed.
-		b = Backoff{}
-	case b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP):
-		return nil, false, s.backingOff(b, nil)
-	case b.Remaining > 0:
-		// Recorded by a Fetcher with another account or secret (a wrong
-		// secret that was since fixed): not ours to wait for.
-		s.log.Info("tokencache: ignoring a backoff recorded by a fetcher with another identity", slog.String("class", b.Class))
-		b = Backoff{}
+		return nil, false, err
 	}
 	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
 		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
@@ -227,6 +214,29 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 		}
 	}
 	return s.fetchAndShare(ctx, lctx, version, reason, b)
+}
+
+// sharedBackoff reads the shared backoff record. It returns the error
+// callers get while the backoff binds this Source, and otherwise the record
+// to count further failures on (empty if it does not bind this Source).
+func (s *Source) sharedBackoff(ctx context.Context) (Backoff, error) {
+	resets := s.resets.Load()
+	b, err := s.store.LoadBackoff(ctx)
+	switch {
+	case err != nil:
+		return Backoff{}, s.storeErr("read backoff", false, err)
+	case b.Remaining <= 0:
+		return b, nil
+	case s.resets.Load() != resets:
+		// ResetBackoff ran while we read the record it removed.
+		return Backoff{}, nil
+	case b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP:
+		return Backoff{}, s.backingOff(b, nil)
+	}
+	// Recorded by a Fetcher with another account or secret (a wrong secret
+	// that was since fixed): not ours to wait for.
+	s.log.Info("tokencache: ignoring a backoff recorded by a fetcher with another identity", slog.String("class", b.Class))
+	return Backoff{}, nil
 }
 
 // fetchAndShare fetches under the lock (lctx) and saves the token as version.
