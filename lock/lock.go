@@ -1,6 +1,7 @@
 // Package lock is a distributed lock on Redis, built on
-// github.com/bsm/redislock: obtain it with a context and backoff, keep it
-// alive while work runs, release it.
+// github.com/bsm/redislock: try to obtain it without waiting, keep it alive
+// while work runs, release it. A caller that finds it held reads the
+// guarded data instead of queueing for the lock.
 //
 // The lock has no fencing token of its own: a holder paused longer than the
 // TTL loses the lock without knowing. Protect the data the lock guards with a
@@ -36,38 +37,16 @@ func New(rdb redislock.RedisClient) *Client {
 	return &Client{rl: redislock.New(rdb)}
 }
 
-// Backoff is the wait between attempts to obtain a held lock: it starts at
-// Min and doubles up to Max. The zero value means 10ms to 500ms.
-type Backoff struct {
-	Min, Max time.Duration
-}
-
 // TryObtain obtains the lock at key for ttl without waiting. It returns
 // ErrNotObtained if someone else holds it. The Lock stays alive until
 // Release, or until ctx is done.
 func (c *Client) TryObtain(ctx context.Context, key string, ttl time.Duration) (*Lock, error) {
-	return c.obtain(ctx, key, ttl, redislock.NoRetry())
-}
-
-// Obtain obtains the lock at key for ttl, retrying with b until ctx is done.
-func (c *Client) Obtain(ctx context.Context, key string, ttl time.Duration, b Backoff) (*Lock, error) {
-	if b.Min <= 0 {
-		b.Min = 10 * time.Millisecond
-	}
-	if b.Max < b.Min {
-		b.Max = max(b.Min, 500*time.Millisecond)
-	}
-	// A new strategy per call: redislock's strategies keep counters.
-	return c.obtain(ctx, key, ttl, redislock.ExponentialBackoff(b.Min, b.Max))
-}
-
-func (c *Client) obtain(ctx context.Context, key string, ttl time.Duration, retry redislock.RetryStrategy) (*Lock, error) {
 	if ttl < 3*time.Millisecond {
 		return nil, fmt.Errorf("lock: ttl %v is too short", ttl)
 	}
 	// The default random token: a custom one could be a prefix of another
 	// holder's and steal its lock.
-	l, err := c.rl.Obtain(ctx, key, ttl, &redislock.Options{RetryStrategy: retry})
+	l, err := c.rl.Obtain(ctx, key, ttl, &redislock.Options{RetryStrategy: redislock.NoRetry()})
 	if err != nil {
 		return nil, err
 	}

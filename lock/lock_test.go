@@ -122,38 +122,6 @@ func TestLostLockCancelsContext(t *testing.T) {
 	}
 }
 
-func TestObtainWaitsWithBackoff(t *testing.T) {
-	for name, rdb := range clients(t) {
-		t.Run(name, func(t *testing.T) {
-			ctx := context.Background()
-			c, k := lock.New(rdb), key(t)
-			first, err := c.TryObtain(ctx, k, time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-			defer cancel()
-			if _, err := c.Obtain(short, k, time.Second, lock.Backoff{}); err == nil {
-				t.Fatal("Obtain succeeded while the lock was held")
-			}
-			got := make(chan error, 1)
-			go func() {
-				l, err := c.Obtain(ctx, k, time.Second, lock.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond})
-				if err == nil {
-					err = l.Release(ctx)
-				}
-				got <- err
-			}()
-			if err := first.Release(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-got; err != nil {
-				t.Fatalf("Obtain after release: %v", err)
-			}
-		})
-	}
-}
-
 func TestTooShortTTL(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()

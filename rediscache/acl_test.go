@@ -72,7 +72,7 @@ func TestMinimalACL(t *testing.T) {
 	up := newUpstream(time.Hour)
 	var srcs []*token.Source
 	for range 3 {
-		s, err := rediscache.New(newUser(), o).Source("c", up)
+		s, err := newCache(t, newUser(), o).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,9 +95,9 @@ func TestMinimalACL(t *testing.T) {
 	if tok, err := srcs[1].Token(ctx); err != nil || tok.Value == first.Value {
 		t.Fatalf("Token after Invalidate = %v, %v", tok, err)
 	}
-	st := rediscache.New(newUser(), o)
+	st := newCache(t, newUser(), o)
 	c, _ := st.Credential("c")
-	if err := c.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Millisecond, Class: token.ClassTemporary}); err != nil {
+	if err := c.SaveBackoff(ctx, token.SharedBackoff{Failures: 1, Remaining: time.Millisecond, Class: token.ClassTemporary}); err != nil {
 		t.Fatalf("SaveBackoff: %v", err)
 	}
 	if _, err := c.LoadBackoff(ctx); err != nil {

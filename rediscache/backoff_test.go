@@ -40,7 +40,7 @@ func TestDeadUpstreamIsBackedOffClusterWide(t *testing.T) {
 					return token.Token{}, tc.err
 				})
 				o := testOptions(prefix(t))
-				o.Source.Backoff = nil // the default policy
+				o.Source.BackoffPolicy = nil // the default policy
 				srcs := instances(t, b, 8, dead, o)
 				ctx, cancel := context.WithTimeout(context.Background(), tc.duration)
 				defer cancel()

@@ -12,7 +12,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 
-	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
 
@@ -34,7 +33,7 @@ func BenchmarkTokenHot(b *testing.B) {
 	rdb := be.Client(b)
 	var n counter
 	rdb.AddHook(&n)
-	src, err := rediscache.New(rdb, testOptions(prefix(b))).Source("c", newUpstream(time.Hour))
+	src, err := newCache(b, rdb, testOptions(prefix(b))).Source("c", newUpstream(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +65,7 @@ func BenchmarkWaitersWake(b *testing.B) {
 	for b.Loop() {
 		o := testOptions(prefix(b))
 		o.Source.PollInterval = time.Hour // only the notification wakes them
-		lat, err := waitersRound(ctx, be, o, 4, 250)
+		lat, err := waitersRound(ctx, b, be, o, 4, 250)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -95,7 +94,7 @@ func BenchmarkManyCredentials(b *testing.B) {
 		f := token.FetcherFunc(func(context.Context) (token.Token, error) {
 			return token.Token{Value: strings.Repeat("t", 136), ExpiresAt: time.Now().Add(2 * time.Hour)}, nil
 		})
-		store := rediscache.New(rdb, o)
+		store := newCache(b, rdb, o)
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

@@ -68,6 +68,16 @@ func think() time.Duration {
 	return 2 * time.Millisecond
 }
 
+// newCache is rediscache.New for arguments a test knows to be valid.
+func newCache(tb testing.TB, rdb redis.UniversalClient, o rediscache.Options) *rediscache.Cache {
+	tb.Helper()
+	c, err := rediscache.New(rdb, o)
+	if err != nil {
+		tb.Fatalf("rediscache.New: %v", err)
+	}
+	return c
+}
+
 // testOptions are fast settings for tests: short polls and lock TTLs.
 func testOptions(p string) rediscache.Options {
 	return rediscache.Options{
@@ -89,7 +99,7 @@ func instances(t *testing.T, b backend, n int, f token.Fetcher, o rediscache.Opt
 	t.Helper()
 	var srcs []*token.Source
 	for range n {
-		s, err := rediscache.New(b.Client(t), o).Source("c", f)
+		s, err := newCache(t, b.Client(t), o).Source("c", f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +136,7 @@ func TestOneFetchPerLifetime(t *testing.T) {
 			oi := o
 			f, now := skewed(up, skew)
 			oi.Source.Now = now
-			s, err := rediscache.New(b.Client(t), oi).Source("c", f)
+			s, err := newCache(t, b.Client(t), oi).Source("c", f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -303,7 +313,7 @@ func TestLateRefresherIsFenced(t *testing.T) {
 		o := testOptions(p)
 		rdb := b.Client(t)
 		up := newUpstream(time.Hour)
-		st := rediscache.New(rdb, o)
+		st := newCache(t, rdb, o)
 		c, _ := st.Credential("c")
 		entered, proceed := make(chan struct{}), make(chan struct{})
 		slow := token.FetcherFunc(func(context.Context) (token.Token, error) {
@@ -408,7 +418,7 @@ func TestSteadyStateSendsNoCommands(t *testing.T) {
 		var n counter
 		rdb.AddHook(&n)
 		o := testOptions(prefix(t))
-		src, err := rediscache.New(rdb, o).Source("c", newUpstream(time.Hour))
+		src, err := newCache(t, rdb, o).Source("c", newUpstream(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,7 +463,7 @@ func TestWaitersWakeOnNotification(t *testing.T) {
 		p := prefix(t)
 		o := testOptions(p)
 		o.Source.PollInterval = time.Hour // only a notification can wake them
-		lat, err := waitersRound(context.Background(), b, o, 4, 50)
+		lat, err := waitersRound(context.Background(), t, b, o, 4, 50)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -467,10 +477,10 @@ func TestWaitersWakeOnNotification(t *testing.T) {
 // waitersRound starts goroutines waiters on each of n new instances, holds the
 // lock, writes a token and returns the time from the write to the last
 // waiter's return.
-func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waiters int) (time.Duration, error) {
+func waitersRound(ctx context.Context, tb testing.TB, b backend, o rediscache.Options, n, waiters int) (time.Duration, error) {
 	rdb := b.Universal()
 	defer rdb.Close()
-	c, _ := rediscache.New(rdb, o).Credential("c")
+	c, _ := newCache(tb, rdb, o).Credential("c")
 	held, err := c.TryLock(ctx)
 	if err != nil {
 		return 0, err
@@ -486,7 +496,7 @@ func waitersRound(ctx context.Context, b backend, o rediscache.Options, n, waite
 		cnt := new(counter)
 		cl.AddHook(cnt)
 		cmds = append(cmds, cnt)
-		s, err := rediscache.New(cl, o).Source("c", token.FetcherFunc(func(context.Context) (token.Token, error) {
+		s, err := newCache(tb, cl, o).Source("c", token.FetcherFunc(func(context.Context) (token.Token, error) {
 			return token.Token{}, errors.New("a waiter must not fetch")
 		}))
 		if err != nil {

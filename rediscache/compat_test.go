@@ -61,7 +61,7 @@ func TestRollingDeployOnDB1(t *testing.T) {
 			up := newUpstream(time.Hour)
 			o := testOptions(p)
 			o.LegacyEvents = legacy
-			src, err := rediscache.New(rdb, o).Source("c", up)
+			src, err := newCache(t, rdb, o).Source("c", up)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,7 +146,7 @@ func TestOversizedTokenIsNotShared(t *testing.T) {
 		for _, enc := range []*rediscache.Keyring{nil, {Current: "k", Keys: map[string][]byte{"k": make([]byte, 32)}}} {
 			o := testOptions(p)
 			o.Encryption = enc
-			c, err := rediscache.New(rdb, o).Credential("direct")
+			c, err := newCache(t, rdb, o).Credential("direct")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -207,7 +207,7 @@ func TestFormatsStayCompatible(t *testing.T) {
 			t.Fatal(err)
 		}
 		rdb.HSet(ctx, tag+"backoff", "failures", 3, "until", time.Now().Add(time.Hour).UnixMilli(), "err", "fetch: secret=S3CRET")
-		c, _ := rediscache.New(rdb, testOptions(p)).Credential("c")
+		c, _ := newCache(t, rdb, testOptions(p)).Credential("c")
 		sh, err := c.Load(ctx)
 		if err != nil || sh.Value != "previous-release-token-0123" || sh.Version != v || sh.Fence.Written != v {
 			t.Fatalf("reading the previous release's token: %+v, %v", sh.Fence, err)
@@ -218,7 +218,7 @@ func TestFormatsStayCompatible(t *testing.T) {
 		}
 		// A Source honours both: it serves the token and does not fetch.
 		up := newUpstream(time.Hour)
-		src, err := rediscache.New(rdb, testOptions(p)).Source("c", up)
+		src, err := newCache(t, rdb, testOptions(p)).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +259,7 @@ func TestFormatsStayCompatible(t *testing.T) {
 				t.Errorf("fence %s = %q, not an integer the previous release reads", f, fence[f])
 			}
 		}
-		_ = c.SaveBackoff(ctx, token.Backoff{Failures: 2, Remaining: time.Minute, Class: token.ClassTemporary})
+		_ = c.SaveBackoff(ctx, token.SharedBackoff{Failures: 2, Remaining: time.Minute, Class: token.ClassTemporary})
 		h, _ := rdb.HGetAll(ctx, tag+"backoff").Result()
 		if !oldInteger.MatchString(h["failures"]) || !oldInteger.MatchString(h["until"]) {
 			t.Errorf("backoff %v: failures and until must stay integers", h)

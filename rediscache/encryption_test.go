@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
@@ -28,7 +29,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		o.Encryption = &rediscache.Keyring{Current: "k1", Keys: map[string][]byte{"k1": key(1)}}
 		up := newUpstream(time.Hour)
 		up.TokenLen = 512
-		a, err := rediscache.New(rdb, o).Source("c", up)
+		a, err := newCache(t, rdb, o).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +57,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		// Rotation, step 2: another instance writes with k2 and still reads k1.
 		o2 := o
 		o2.Encryption = &rediscache.Keyring{Current: "k2", Keys: map[string][]byte{"k1": key(1), "k2": key(2)}}
-		bsrc, err := rediscache.New(b.Client(t), o2).Source("c", up)
+		bsrc, err := newCache(t, b.Client(t), o2).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +85,7 @@ func TestEncryptionAtRest(t *testing.T) {
 			t.Errorf("value after rotation is not sealed with k2: %.40s", raw)
 		}
 		// An instance without the key reads a miss, never the token.
-		cred, err := rediscache.New(rdb, rediscache.Options{Prefix: p,
+		cred, err := newCache(t, rdb, rediscache.Options{Prefix: p,
 			Encryption: &rediscache.Keyring{Current: "k1", Keys: map[string][]byte{"k1": key(1)}}}).Credential("c")
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +93,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		if _, err := cred.Load(ctx); !errors.Is(err, token.ErrMalformed) {
 			t.Errorf("Load without the key: %v, want ErrMalformed", err)
 		}
-		wrong, _ := rediscache.New(rdb, rediscache.Options{Prefix: p,
+		wrong, _ := newCache(t, rdb, rediscache.Options{Prefix: p,
 			Encryption: &rediscache.Keyring{Current: "k2", Keys: map[string][]byte{"k2": key(9)}}}).Credential("c")
 		if _, err := wrong.Load(ctx); !errors.Is(err, token.ErrMalformed) {
 			t.Errorf("Load with a wrong key: %v, want ErrMalformed", err)
@@ -101,12 +102,14 @@ func TestEncryptionAtRest(t *testing.T) {
 }
 
 func TestBadKeyring(t *testing.T) {
+	unreachable := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // New does no I/O
+	defer unreachable.Close()
 	for _, k := range []*rediscache.Keyring{
 		{Current: "k1", Keys: map[string][]byte{"k1": []byte("short")}},
 		{Current: "k2", Keys: map[string][]byte{"k1": key(1)}},
 		{Current: "a|b", Keys: map[string][]byte{"a|b": key(1)}},
 	} {
-		if _, err := rediscache.New(nil, rediscache.Options{Encryption: k}).Source("c", newUpstream(time.Hour)); err == nil {
+		if _, err := rediscache.New(unreachable, rediscache.Options{Encryption: k}); err == nil {
 			t.Errorf("keyring %q accepted", k.Current)
 		}
 	}
@@ -162,7 +165,7 @@ func TestEncryptionRollingDeploy(t *testing.T) {
 		// Finally, a clear-text value injected into Redis is not served.
 		o := testOptions(p)
 		o.Encryption = steps[3]
-		c, _ := rediscache.New(b.Client(t), o).Credential("c")
+		c, _ := newCache(t, b.Client(t), o).Credential("c")
 		rdb := b.Client(t)
 		rdb.Set(ctx, "{"+p+"c}:token", "1|1|3600000|injected-token-0123456789", time.Hour)
 		if _, err := c.Load(ctx); !errors.Is(err, token.ErrMalformed) {

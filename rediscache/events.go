@@ -31,11 +31,11 @@ const (
 	confirmTimeout = 5 * time.Second
 	// pingEvery is how long a quiet subscription waits before it pings the
 	// server; a ping unanswered for as long again means the connection is
-	// dead (half-open), and the Store subscribes anew.
+	// dead (half-open), and the Cache subscribes anew.
 	pingEvery = 3 * time.Second
 	// maxResubscribeWait caps the wait between attempts to subscribe.
 	maxResubscribeWait = 10 * time.Second
-	// closeWait bounds how long closing the last Source of a Store waits
+	// closeWait bounds how long closing the last Source of a Cache waits
 	// for the subscription to close.
 	closeWait = time.Second
 	// maxEventLen bounds a payload: a kind, a version and a name.
@@ -118,7 +118,7 @@ func (sc *scope) channels(ctx context.Context) ([]string, error) {
 }
 
 // publishTo appends the channels to a script's arguments.
-func (s *Store) publishTo(ctx context.Context, args []any) ([]any, error) {
+func (s *Cache) publishTo(ctx context.Context, args []any) ([]any, error) {
 	chans, err := s.scope.channels(ctx)
 	if err != nil {
 		return nil, err
@@ -176,7 +176,7 @@ func parseEvent(p string) (string, token.Event, bool) {
 
 // watch registers fn for name's events, starting the listener with the
 // first watcher and stopping it with the last. It does no I/O.
-func (s *Store) watch(name string, fn func(token.Event)) (stop func()) {
+func (s *Cache) watch(name string, fn func(token.Event)) (stop func()) {
 	w := &watcher{fn: fn}
 	l := &s.listener
 	l.mu.Lock()
@@ -204,7 +204,7 @@ func (s *Store) watch(name string, fn func(token.Event)) (stop func()) {
 
 // unwatch removes w and, with the last watcher, stops the listener, waiting
 // for it at most closeWait: an unanswered socket must not hold up Close.
-func (s *Store) unwatch(name string, w *watcher) {
+func (s *Cache) unwatch(name string, w *watcher) {
 	l := &s.listener
 	l.mu.Lock()
 	delete(l.watchers[name], w)
@@ -242,7 +242,7 @@ func (s *Store) unwatch(name string, w *watcher) {
 // that was refused, not confirmed in time, or lost is made anew, with a
 // growing wait after failures; until it is confirmed, watchers are told
 // Unsubscribed and re-read on demand.
-func (s *Store) listen(ctx context.Context, done chan struct{}) {
+func (s *Cache) listen(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	wait := time.Second
 	failing, confirmed := false, false
@@ -286,7 +286,7 @@ func (s *Store) listen(ctx context.Context, done chan struct{}) {
 
 // subscribe subscribes to the channels and waits for the server to confirm
 // each, so that a refusal (an ACL without +subscribe) is seen.
-func (s *Store) subscribe(ctx context.Context) (*redis.PubSub, error) {
+func (s *Cache) subscribe(ctx context.Context) (*redis.PubSub, error) {
 	chans, err := s.scope.channels(ctx)
 	if err != nil {
 		return nil, err
@@ -316,7 +316,7 @@ func (s *Store) subscribe(ctx context.Context) (*redis.PubSub, error) {
 
 // setSub records the listener's subscription, so that unwatch can close it;
 // false if the listener was stopped.
-func (s *Store) setSub(sub *redis.PubSub) bool {
+func (s *Cache) setSub(sub *redis.PubSub) bool {
 	l := &s.listener
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -332,7 +332,7 @@ func (s *Store) setSub(sub *redis.PubSub) bool {
 // go-redis would re-subscribe on its own after a disconnect and drop the
 // server's answer; receive returns instead, so that listen re-subscribes and
 // sees a refusal.
-func (s *Store) receive(ctx context.Context, sub *redis.PubSub) error {
+func (s *Cache) receive(ctx context.Context, sub *redis.PubSub) error {
 	defer func() { _ = sub.Close() }()
 	pinged := false
 	for {
@@ -366,7 +366,7 @@ func (s *Store) receive(ctx context.Context, sub *redis.PubSub) error {
 
 // setDeaf records whether notifications are unavailable and tells every
 // watcher: Unsubscribed, or Resync when they are back (or confirmed).
-func (s *Store) setDeaf(deaf bool) {
+func (s *Cache) setDeaf(deaf bool) {
 	l := &s.listener
 	l.mu.Lock()
 	l.deaf = deaf
@@ -378,7 +378,7 @@ func (s *Store) setDeaf(deaf bool) {
 	}
 }
 
-func (s *Store) deliver(m *redis.Message) {
+func (s *Cache) deliver(m *redis.Message) {
 	name, ev, ok := parseEvent(m.Payload)
 	if !ok {
 		if ok, dropped := s.malformed.allow(); ok {
@@ -390,7 +390,7 @@ func (s *Store) deliver(m *redis.Message) {
 	s.dispatch(name, ev)
 }
 
-func (s *Store) dispatch(name string, ev token.Event) {
+func (s *Cache) dispatch(name string, ev token.Event) {
 	l := &s.listener
 	l.mu.Lock()
 	fns := make([]func(token.Event), 0, len(l.watchers[name]))
@@ -403,7 +403,7 @@ func (s *Store) dispatch(name string, ev token.Event) {
 	}
 }
 
-func (s *Store) broadcast(ev token.Event) {
+func (s *Cache) broadcast(ev token.Event) {
 	l := &s.listener
 	l.mu.Lock()
 	var fns []func(token.Event)

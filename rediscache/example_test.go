@@ -48,16 +48,19 @@ func Example() {
 	// access-token-02-abcdefgh after 2 fetches
 }
 
-func ExampleStore_Source() {
+func ExampleCache_Source() {
 	mr := miniredis.NewMiniRedis()
 	_ = mr.Start()
 	defer mr.Close()
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 
-	// One Store per Redis client serves every credential over one
+	// One Cache per Redis client serves every credential over one
 	// subscription.
-	store := rediscache.New(rdb, rediscache.Options{Prefix: "myapp:"})
+	store, err := rediscache.New(rdb, rediscache.Options{Prefix: "myapp:"})
+	if err != nil {
+		panic(err)
+	}
 	for _, app := range []string{"wx1111", "wx2222"} {
 		src, err := store.Source("wechat:"+app, token.FetcherFunc(func(context.Context) (token.Token, error) {
 			return token.Token{Value: "token-for-" + app + "-0123456789", ExpiresAt: time.Now().Add(time.Hour)}, nil

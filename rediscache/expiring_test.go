@@ -18,7 +18,7 @@ import (
 func TestExpiringTokenIsAMiss(t *testing.T) {
 	addr := realRedis(t)
 	ctx := context.Background()
-	c, err := rediscache.New(newClient(t, addr), rediscache.Options{Prefix: prefix(t), Source: token.Options{Logger: quiet}}).Credential("c")
+	c, err := newCache(t, newClient(t, addr), rediscache.Options{Prefix: prefix(t), Source: token.Options{Logger: quiet}}).Credential("c")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestExpiringTokenIsAMiss(t *testing.T) {
 func TestExpiringTokenIsAMissMiniredis(t *testing.T) {
 	mr := miniredis.RunT(t)
 	ctx := context.Background()
-	c, err := rediscache.New(newClient(t, mr.Addr()), rediscache.Options{Source: token.Options{Logger: quiet}}).Credential("c")
+	c, err := newCache(t, newClient(t, mr.Addr()), rediscache.Options{Source: token.Options{Logger: quiet}}).Credential("c")
 	if err != nil {
 		t.Fatal(err)
 	}

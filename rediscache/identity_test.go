@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -36,7 +35,7 @@ func (f *idFetcher) Identity() token.Identity {
 
 func identitySource(t *testing.T, b backend, p string, f token.Fetcher) *token.Source {
 	t.Helper()
-	s, err := rediscache.New(b.Client(t), testOptions(p)).Source("c", f)
+	s, err := newCache(t, b.Client(t), testOptions(p)).Source("c", f)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,10 +26,7 @@ type Limiter struct {
 
 // Limiter returns a Limiter for action on the credential called name. Its key
 // shares the credential's hash tag: {<prefix><name>}:limit:<action>.
-func (s *Store) Limiter(name, action string, l Limit) (*Limiter, error) {
-	if s.err != nil {
-		return nil, s.err
-	}
+func (s *Cache) Limiter(name, action string, l Limit) (*Limiter, error) {
 	if err := validName(name); err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
 
@@ -143,7 +142,7 @@ func TestRedisOutage(t *testing.T) {
 	for range 4 {
 		rdb := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond, DialerRetries: 1})
 		t.Cleanup(func() { _ = rdb.Close() })
-		s, err := rediscache.New(rdb, o).Source("c", up)
+		s, err := newCache(t, rdb, o).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -244,7 +243,7 @@ func TestStalledRedis(t *testing.T) {
 		rdb := redis.NewClient(&redis.Options{Addr: px.addr(), ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond})
 		defer rdb.Close()
 		o := testOptions(prefix(t))
-		src, err := rediscache.New(rdb, o).Source("c", newUpstream(time.Hour))
+		src, err := newCache(t, rdb, o).Source("c", newUpstream(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +252,7 @@ func TestStalledRedis(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		other, err := rediscache.New(rdb, o).Source("d", newUpstream(time.Hour))
+		other, err := newCache(t, rdb, o).Source("d", newUpstream(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}

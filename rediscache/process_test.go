@@ -60,7 +60,7 @@ func childMain() int {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(realRedisEnv), DB: db})
 	defer rdb.Close()
-	src, err := rediscache.New(rdb, o).Source(name, tokentest.HTTPFetcher(os.Getenv(childUpstream), nil))
+	src, err := rediscache.NewSource(rdb, name, tokentest.HTTPFetcher(os.Getenv(childUpstream), nil), o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -272,7 +272,7 @@ func TestKilledRefresher(t *testing.T) {
 	release()
 
 	o := processOptions(p, lockTTL)
-	src, err := rediscache.New(newClient(t, addr), o).Source("c", tokentest.HTTPFetcher(srv.URL, nil))
+	src, err := newCache(t, newClient(t, addr), o).Source("c", tokentest.HTTPFetcher(srv.URL, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

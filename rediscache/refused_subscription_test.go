@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/tokencache/tokencache/rediscache"
 )
 
 // warnLogsMentioning counts the WARN lines of a jsonLogger's output whose
@@ -52,12 +50,12 @@ func TestRefusedSubscription(t *testing.T) {
 	var logsA syncBuffer
 	oA := testOptions(p)
 	oA.Source.Logger = jsonLogger(&logsA)
-	a, err := rediscache.New(restricted, oA).Source("c", up)
+	a, err := newCache(t, restricted, oA).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := rediscache.New(newClient(t, addr), testOptions(p)).Source("c", up)
+	b, err := newCache(t, newClient(t, addr), testOptions(p)).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}

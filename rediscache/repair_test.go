@@ -26,7 +26,7 @@ func TestWrongTypeKeysAreRepaired(t *testing.T) {
 				t.Run(key+"/"+garbage, func(t *testing.T) {
 					p := prefix(t)
 					tag := "{" + p + "c}:"
-					st := rediscache.New(rdb, testOptions(p))
+					st := newCache(t, rdb, testOptions(p))
 					c, _ := st.Credential("c")
 					// A token with a known version, written before the garbage.
 					v, _ := c.NextVersion(ctx)
@@ -100,7 +100,7 @@ func TestFenceRebuiltFromToken(t *testing.T) {
 		ctx := context.Background()
 		rdb := b.Client(t)
 		p := prefix(t)
-		c, _ := rediscache.New(rdb, testOptions(p)).Credential("c")
+		c, _ := newCache(t, rdb, testOptions(p)).Credential("c")
 		v, _ := c.NextVersion(ctx)
 		if err := c.Save(ctx, token.Shared{Value: "stored-token-0123456789", Version: v + 10, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
 			t.Fatal(err)
@@ -119,21 +119,24 @@ func TestFenceRebuiltFromToken(t *testing.T) {
 	})
 }
 
-// TestStoreRefusesMisuse: a nil client, a Ring and a LockTTL too short to
-// work are refused with an error from Source, Credential and Limiter, not a
-// panic or an outage on every call.
+// TestStoreRefusesMisuse: a nil client and a LockTTL too short to work are
+// refused by New with ErrInvalidConfig, not a panic or an outage on every
+// call (TestRingIsRefused covers a Ring).
 func TestStoreRefusesMisuse(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
-	for name, st := range map[string]*rediscache.Store{
-		"nil client":  rediscache.New(nil, rediscache.Options{}),
-		"LockTTL 1ms": rediscache.New(rdb, rediscache.Options{LockTTL: time.Millisecond}),
+	for name, args := range map[string]struct {
+		rdb  redis.UniversalClient
+		opts rediscache.Options
+	}{
+		"nil client":  {nil, rediscache.Options{}},
+		"LockTTL 1ms": {rdb, rediscache.Options{LockTTL: time.Millisecond}},
 	} {
-		if _, err := st.Source("c", newUpstream(time.Hour)); !errors.Is(err, token.ErrInvalidConfig) {
-			t.Errorf("%s: Source: %v, want ErrInvalidConfig", name, err)
+		if c, err := rediscache.New(args.rdb, args.opts); !errors.Is(err, token.ErrInvalidConfig) || c != nil {
+			t.Errorf("%s: New: %v, %v, want nil and ErrInvalidConfig", name, c, err)
 		}
-		if _, err := st.Limiter("c", "a", rediscache.Limit{PerDay: 1}); !errors.Is(err, token.ErrInvalidConfig) {
-			t.Errorf("%s: Limiter: %v, want ErrInvalidConfig", name, err)
+		if _, err := rediscache.NewSource(args.rdb, "c", newUpstream(time.Hour), args.opts); !errors.Is(err, token.ErrInvalidConfig) {
+			t.Errorf("%s: NewSource: %v, want ErrInvalidConfig", name, err)
 		}
 	}
 	if _, err := rediscache.NewSource(rdb, "c", nil, rediscache.Options{}); !errors.Is(err, token.ErrInvalidConfig) {
@@ -151,7 +154,7 @@ func TestBackoffRecordHoldsNoMessage(t *testing.T) {
 		p := prefix(t)
 		key := "{" + p + "c}:backoff"
 		rdb.HSet(ctx, key, "failures", 1, "until", 0, "err", "secret=S3CRET-0123456789abcdef") // an earlier release's record
-		src, err := rediscache.New(rdb, testOptions(p)).Source("c", token.FetcherFunc(func(context.Context) (token.Token, error) {
+		src, err := newCache(t, rdb, testOptions(p)).Source("c", token.FetcherFunc(func(context.Context) (token.Token, error) {
 			return token.Token{}, secretError{}
 		}))
 		if err != nil {
@@ -196,7 +199,7 @@ func TestBadFenceFieldsAreRepaired(t *testing.T) {
 		for _, garbage := range []string{"x", "", "1e300", "99999999999999999999"} {
 			p := prefix(t)
 			fence := "{" + p + "c}:fence"
-			c, _ := rediscache.New(rdb, testOptions(p)).Credential("c")
+			c, _ := newCache(t, rdb, testOptions(p)).Credential("c")
 			late, _ := c.NextVersion(ctx)
 			v2, _ := c.NextVersion(ctx)
 			if err := c.Save(ctx, token.Shared{Value: "newer-token-0123456789", Version: v2, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
@@ -229,7 +232,7 @@ func TestForgedRecordsDoNotBlockForever(t *testing.T) {
 		ctx := context.Background()
 		rdb := b.Client(t)
 		p := prefix(t)
-		st := rediscache.New(rdb, testOptions(p))
+		st := newCache(t, rdb, testOptions(p))
 		c, _ := st.Credential("c")
 		rdb.HSet(ctx, "{"+p+"c}:backoff", "failures", 1, "until", "99999999999999", "class", "permanent")
 		if bo, err := c.LoadBackoff(ctx); err != nil || bo.Remaining != 0 {

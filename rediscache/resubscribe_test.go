@@ -26,12 +26,12 @@ func TestRefusedResubscription(t *testing.T) {
 	var logsA syncBuffer
 	oA := testOptions(p)
 	oA.Source.Logger = jsonLogger(&logsA)
-	a, err := rediscache.New(restricted, oA).Source("c", up)
+	a, err := newCache(t, restricted, oA).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := rediscache.New(newClient(t, addr), testOptions(p)).Source("c", up)
+	b, err := newCache(t, newClient(t, addr), testOptions(p)).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestMalformedNotificationsAreRateLimited(t *testing.T) {
 		var logs syncBuffer
 		o := testOptions(p)
 		o.Source.Logger = jsonLogger(&logs)
-		s, err := rediscache.New(b.Client(t), o).Source("c", newUpstream(time.Hour))
+		s, err := newCache(t, b.Client(t), o).Source("c", newUpstream(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,12 +125,12 @@ func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
 	plain := redis.NewUniversalClient(&redis.UniversalOptions{MasterName: sb.Master, Addrs: sb.Sentinels, DB: 1})
 	defer plain.Close()
 	up := newUpstream(time.Hour)
-	a, err := rediscache.New(routed, testOptions(p)).Source("c", up)
+	a, err := newCache(t, routed, testOptions(p)).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := rediscache.New(plain, testOptions(p)).Source("c", up)
+	b, err := newCache(t, plain, testOptions(p)).Source("c", up)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
 func TestRingIsRefused(t *testing.T) {
 	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
 	defer ring.Close()
-	if _, err := rediscache.New(ring, testOptions(prefix(t))).Source("c", newUpstream(time.Hour)); err == nil || !strings.Contains(err.Error(), "Ring") {
+	if _, err := rediscache.New(ring, testOptions(prefix(t))); err == nil || !strings.Contains(err.Error(), "Ring") {
 		t.Errorf("Source on a Ring: %v, want an error naming Ring", err)
 	}
 }

@@ -16,7 +16,7 @@ import (
 func TestNameValidation(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
 	defer rdb.Close()
-	st := rediscache.New(rdb, rediscache.Options{})
+	st := newCache(t, rdb, rediscache.Options{})
 	for _, name := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", rediscache.MaxNameLen+1)} {
 		if _, err := st.Credential(name); !errors.Is(err, rediscache.ErrInvalidName) {
 			t.Errorf("Credential(%q) err = %v, want ErrInvalidName", name, err)
@@ -33,7 +33,7 @@ func TestKeysShareOneHashTag(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		rdb := b.Client(t)
 		p := prefix(t)
-		st := rediscache.New(rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
+		st := newCache(t, rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
 		c, err := st.Credential("wechat:wx1")
 		if err != nil {
 			t.Fatal(err)
@@ -74,7 +74,7 @@ func TestKeysShareOneHashTag(t *testing.T) {
 func TestFencedSave(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		st := rediscache.New(b.Client(t), rediscache.Options{Prefix: prefix(t)})
+		st := newCache(t, b.Client(t), rediscache.Options{Prefix: prefix(t)})
 		c, _ := st.Credential("c")
 		v1, err := c.NextVersion(ctx)
 		if err != nil {
@@ -124,7 +124,7 @@ func TestVersionsSurviveFlush(t *testing.T) {
 		ctx := context.Background()
 		rdb := b.Client(t)
 		p := prefix(t)
-		c, _ := rediscache.New(rdb, rediscache.Options{Prefix: p}).Credential("c")
+		c, _ := newCache(t, rdb, rediscache.Options{Prefix: p}).Credential("c")
 		old, err := c.NextVersion(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -172,14 +172,14 @@ func TestMalformedValueIsAMiss(t *testing.T) {
 				if err := tc.put(); err != nil {
 					t.Fatal(err)
 				}
-				st := rediscache.New(rdb, rediscache.Options{Prefix: p})
+				st := newCache(t, rdb, rediscache.Options{Prefix: p})
 				c, _ := st.Credential("c")
 				if _, err := c.Load(ctx); !errors.Is(err, token.ErrMalformed) {
 					t.Fatalf("Load err = %v, want ErrMalformed", err)
 				}
 				// A Source treats it as a miss and overwrites it.
 				var logs syncBuffer
-				st = rediscache.New(rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: jsonLogger(&logs)}})
+				st = newCache(t, rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: jsonLogger(&logs)}})
 				up := newUpstream(time.Hour)
 				src, err := st.Source("c", up)
 				if err != nil {
@@ -204,13 +204,13 @@ func TestMalformedValueIsAMiss(t *testing.T) {
 func TestLimiter(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		st := rediscache.New(b.Client(t), rediscache.Options{Prefix: prefix(t)})
+		st := newCache(t, b.Client(t), rediscache.Options{Prefix: prefix(t)})
 		l, err := st.Limiter("wechat:wx1", "force_refresh", rediscache.Limit{PerDay: 3, Every: 40 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Another instance's Limiter shares the count.
-		other, _ := rediscache.New(b.Client(t), rediscache.Options{Prefix: st.Prefix()}).Limiter("wechat:wx1", "force_refresh", rediscache.Limit{PerDay: 3, Every: 40 * time.Millisecond})
+		other, _ := newCache(t, b.Client(t), rediscache.Options{Prefix: st.Prefix()}).Limiter("wechat:wx1", "force_refresh", rediscache.Limit{PerDay: 3, Every: 40 * time.Millisecond})
 		allowed := 0
 		deadline := time.Now().Add(500 * time.Millisecond)
 		var last time.Time

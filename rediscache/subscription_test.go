@@ -18,7 +18,7 @@ func TestOneSubscriptionForManyCredentials(t *testing.T) {
 		ctx := context.Background()
 		rdb := b.Client(t)
 		p := prefix(t)
-		store := rediscache.New(rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
+		store := newCache(t, rdb, rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}})
 		const n = 2000
 		got := make([]chan token.Event, n)
 		creds := make([]*rediscache.Credential, n)
@@ -83,7 +83,7 @@ func TestResubscribeAnnouncesResync(t *testing.T) {
 	addr := realRedis(t)
 	ctx := context.Background()
 	rdb := newClient(t, addr)
-	store := rediscache.New(rdb, rediscache.Options{Prefix: prefix(t), Source: token.Options{Logger: quiet}})
+	store := newCache(t, rdb, rediscache.Options{Prefix: prefix(t), Source: token.Options{Logger: quiet}})
 	c, _ := store.Credential("c")
 	resync := make(chan struct{}, 8)
 	stop := c.Watch(func(ev token.Event) {

@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
-	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -53,7 +52,7 @@ func TestClusterSpreadsCredentials(t *testing.T) {
 	}
 	var insts [3]map[string]*token.Source
 	for i := range insts {
-		store := rediscache.New(b.Client(t), o)
+		store := newCache(t, b.Client(t), o)
 		insts[i] = map[string]*token.Source{}
 		for name, f := range fs {
 			s, err := store.Source(name, f)
@@ -156,7 +155,7 @@ func TestSentinelFailover(t *testing.T) {
 	o.LockTTL = 2 * time.Second
 	var srcs []*token.Source
 	for range 4 {
-		s, err := rediscache.New(b.Client(t), o).Source("c", up)
+		s, err := newCache(t, b.Client(t), o).Source("c", up)
 		if err != nil {
 			t.Fatal(err)
 		}

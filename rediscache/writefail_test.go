@@ -9,7 +9,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
 
@@ -97,7 +96,7 @@ func TestWritesFailReadsWork(t *testing.T) {
 				rdb.AddHook(&w.cmds)
 				o := testOptions(p)
 				o.Source.Logger = jsonLogger(&w.logs)
-				src, err := rediscache.New(rdb, o).Source("c", up)
+				src, err := newCache(t, rdb, o).Source("c", up)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -18,7 +18,7 @@ func TestTokenAfterCloseWithBackoff(t *testing.T) {
 	up.FailNext(nil, nil, nil)
 	st := tokentest.NewStore()
 	o := opts()
-	o.Backoff = func(error, int) time.Duration { return time.Minute }
+	o.BackoffPolicy = func(error, int) time.Duration { return time.Minute }
 	s := newSource(t, up, st, o)
 
 	if _, err := s.Token(ctx); err == nil {

@@ -39,7 +39,7 @@ func (s *Source) fetchDirect() (*entry, error) {
 		n := s.directFailures
 		s.mu.Unlock()
 		class, code := Classify(err)
-		s.backingOff(Backoff{Failures: n, Remaining: s.opts.Backoff(err, n), Class: class, Code: code}, err)
+		s.backingOff(SharedBackoff{Failures: n, Remaining: s.opts.BackoffPolicy(err, n), Class: class, Code: code}, err)
 		return nil, err
 	}
 	ttl := tok.ExpiresAt.Sub(s.opts.Now())

@@ -40,10 +40,10 @@ const MaxTokenLen = 32 << 10
 // next fetch waits, through the shared backoff, until the oldest of them
 // is that old. Routine refreshes need one fetch per lifetime, and each
 // Invalidate of a current token one more. Failed fetches do not count:
-// Options.Backoff paces them.
+// Options.BackoffPolicy paces them.
 const MaxFetchesPerLifetime = 5
 
-// permanentError is an error that DefaultBackoff treats as permanent.
+// permanentError is an error that DefaultBackoffPolicy treats as permanent.
 type permanentError string
 
 func (e permanentError) Error() string   { return string(e) }

@@ -69,7 +69,7 @@ func (s *Source) backoffEnded(ctx context.Context, err error) bool {
 // backingOff remembers a shared backoff, so that callers fail fast without
 // asking Redis until it ends, and returns its error. cause is the failure,
 // if this instance saw it.
-func (s *Source) backingOff(b Backoff, cause error) error {
+func (s *Source) backingOff(b SharedBackoff, cause error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.backoff, s.backoffCause = b, cause
@@ -86,7 +86,7 @@ func (s *Source) backoffErrLocked(now time.Time) error {
 
 // endBackoffLocked forgets the known backoff.
 func (s *Source) endBackoffLocked() {
-	s.backoffUntil, s.backoff, s.backoffCause = time.Time{}, Backoff{}, nil
+	s.backoffUntil, s.backoff, s.backoffCause = time.Time{}, SharedBackoff{}, nil
 }
 
 // ResetBackoff ends the shared backoff of this credential on every
@@ -94,7 +94,7 @@ func (s *Source) endBackoffLocked() {
 // token fetches at once. A backoff recorded by a Fetcher of another identity
 // does not apply anyway.
 func (s *Source) ResetBackoff(ctx context.Context) error {
-	if err := s.store.SaveBackoff(ctx, Backoff{}); err != nil {
+	if err := s.store.SaveBackoff(ctx, SharedBackoff{}); err != nil {
 		return fmt.Errorf("token: %s: reset backoff: %w", s.name, err)
 	}
 	s.resets.Add(1)

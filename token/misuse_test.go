@@ -272,7 +272,7 @@ type backoffGate struct {
 	once    sync.Once
 }
 
-func (g *backoffGate) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+func (g *backoffGate) LoadBackoff(ctx context.Context) (token.SharedBackoff, error) {
 	b, err := g.Store.LoadBackoff(ctx)
 	g.once.Do(func() {
 		close(g.read)
@@ -288,7 +288,7 @@ func TestResetBackoffBeatsARefreshInFlight(t *testing.T) {
 	ctx := context.Background()
 	up := tokentest.New(time.Hour)
 	st := &backoffGate{Store: tokentest.NewStore(), read: make(chan struct{}), release: make(chan struct{})}
-	_ = st.SaveBackoff(ctx, token.Backoff{Failures: 1, Remaining: time.Hour, Class: token.ClassPermanent})
+	_ = st.SaveBackoff(ctx, token.SharedBackoff{Failures: 1, Remaining: time.Hour, Class: token.ClassPermanent})
 	s, err := token.NewSource("test", up, st, st, opts())
 	if err != nil {
 		t.Fatal(err)

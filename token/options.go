@@ -35,12 +35,12 @@ type Options struct {
 	// token get the store's error at once instead of each sending its own
 	// requests to a failing store. Default 1s.
 	RetryInterval time.Duration
-	// Backoff decides how long every instance waits before fetching again
+	// BackoffPolicy decides how long every instance waits before fetching again
 	// after failures consecutive failed fetches, the last with err. The
 	// wait is recorded in the shared store, so a failing upstream sees a
 	// handful of calls from the whole cluster, not one per instance or
-	// caller. Default DefaultBackoff.
-	Backoff func(err error, failures int) time.Duration
+	// caller. Default DefaultBackoffPolicy.
+	BackoffPolicy func(err error, failures int) time.Duration
 	// FetchWhenStoreDown lets a Source with no valid token fetch from the
 	// upstream itself while the shared store is unavailable (one fetch at a
 	// time per Source). Off by default, because then every instance fetches
@@ -87,8 +87,8 @@ func (o Options) withDefaults() Options {
 	if o.RetryInterval <= 0 {
 		o.RetryInterval = time.Second
 	}
-	if o.Backoff == nil {
-		o.Backoff = DefaultBackoff
+	if o.BackoffPolicy == nil {
+		o.BackoffPolicy = DefaultBackoffPolicy
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -99,11 +99,11 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// DefaultBackoff waits 10 minutes after an error that retrying cannot fix
+// DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix
 // (one with a Permanent() bool method that returns true, such as wrong
 // credentials or a spent quota), and otherwise 1s, 2s, 4s, ... up to a
 // minute, each ±20% so that instances do not retry in step.
-func DefaultBackoff(err error, failures int) time.Duration {
+func DefaultBackoffPolicy(err error, failures int) time.Duration {
 	var p interface{ Permanent() bool }
 	if errors.As(err, &p) && p.Permanent() {
 		return 10 * time.Minute

@@ -219,28 +219,28 @@ func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost b
 // sharedBackoff reads the shared backoff record. It returns the error
 // callers get while the backoff binds this Source, and otherwise the record
 // to count further failures on (empty if it does not bind this Source).
-func (s *Source) sharedBackoff(ctx context.Context) (Backoff, error) {
+func (s *Source) sharedBackoff(ctx context.Context) (SharedBackoff, error) {
 	resets := s.resets.Load()
 	b, err := s.store.LoadBackoff(ctx)
 	switch {
 	case err != nil:
-		return Backoff{}, s.storeErr("read backoff", false, err)
+		return SharedBackoff{}, s.storeErr("read backoff", false, err)
 	case b.Remaining <= 0:
 		return b, nil
 	case s.resets.Load() != resets:
 		// ResetBackoff ran while we read the record it removed.
-		return Backoff{}, nil
+		return SharedBackoff{}, nil
 	case b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP:
-		return Backoff{}, s.backingOff(b, nil)
+		return SharedBackoff{}, s.backingOff(b, nil)
 	}
 	// Recorded by a Fetcher with another account or secret (a wrong secret
 	// that was since fixed): not ours to wait for.
 	s.log.Info("tokencache: ignoring a backoff recorded by a fetcher with another identity", slog.String("class", b.Class))
-	return Backoff{}, nil
+	return SharedBackoff{}, nil
 }
 
 // fetchAndShare fetches under the lock (lctx) and saves the token as version.
-func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b Backoff) (*entry, bool, error) {
+func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b SharedBackoff) (*entry, bool, error) {
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version), slog.String("reason", reason.String()))
 	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
@@ -258,7 +258,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 			// The upstream failed (not our lock or our Close): make
 			// every instance wait.
 			b.Failures++
-			s.failed(ctx, b, s.opts.Backoff(err, b.Failures), err)
+			s.failed(ctx, b, s.opts.BackoffPolicy(err, b.Failures), err)
 		}
 		return nil, false, err
 	}
@@ -324,7 +324,7 @@ func (s *Source) check(tok Token) error {
 
 // failed records a failed refresh in the shared backoff, so that every
 // instance waits for d, and returns the error callers get meanwhile.
-func (s *Source) failed(ctx context.Context, b Backoff, d time.Duration, err error) error {
+func (s *Source) failed(ctx context.Context, b SharedBackoff, d time.Duration, err error) error {
 	b.Remaining, b.Identity = d, s.fetcherFP
 	b.Class, b.Code = Classify(err)
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)

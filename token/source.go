@@ -68,7 +68,7 @@ type Source struct {
 	// A shared backoff this instance knows of: until then, callers with no
 	// valid token get a BackoffError without asking Redis.
 	backoffUntil   time.Time
-	backoff        Backoff
+	backoff        SharedBackoff
 	backoffCause   error     // the failure, if this instance saw it
 	backoffChecked time.Time // when the shared record was last re-read
 	// After a store failure or an identity mismatch, callers with no valid

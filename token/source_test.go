@@ -170,7 +170,7 @@ func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
 	up.FailNext(quota)
 	st := tokentest.NewStore()
 	o := opts()
-	o.Backoff = func(error, int) time.Duration { return 100 * time.Millisecond }
+	o.BackoffPolicy = func(error, int) time.Duration { return 100 * time.Millisecond }
 	s := newSource(t, up, st, o)
 	other := newSource(t, up, st, o)
 	ctx := context.Background()
@@ -655,7 +655,7 @@ func TestBackoffEndsWithASave(t *testing.T) {
 	up.FailNext(nil)
 	st := tokentest.NewStore()
 	o := opts()
-	o.Backoff = func(error, int) time.Duration { return time.Minute }
+	o.BackoffPolicy = func(error, int) time.Duration { return time.Minute }
 	s := newSource(t, up, st, o)
 	if _, err := s.Token(ctx); err == nil {
 		t.Fatal("the failing fetch succeeded")

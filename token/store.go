@@ -92,12 +92,23 @@ type Event struct {
 	Version int64
 }
 
-// A Store is the shared state of one credential.
+// A Store is the shared state of one credential: its token, its backoff
+// record and its notifications. It is what a store implementation provides
+// (package rediscache is one); users of a Source need none of its methods.
+// Run tokentest.TestStore against an implementation to check that it keeps
+// this contract.
 //
 // Implementations must be safe for concurrent use and must measure TTLs on a
 // single clock (the store's), so that instances never compare their own
 // clocks with each other's.
 type Store interface {
+	TokenStore
+	BackoffStore
+	Notifier
+}
+
+// A TokenStore holds one credential's token under fencing versions.
+type TokenStore interface {
 	// Load returns the stored token, ErrNotFound if there is none (wrapped
 	// together with ErrInvalidated if the last one was invalidated), or an
 	// error wrapping ErrMalformed if the stored value cannot be decoded. In
@@ -108,30 +119,39 @@ type Store interface {
 	NextVersion(ctx context.Context) (int64, error)
 	// Save stores s with s.TTL as its time to live, unless a token with the
 	// same or a newer version was already saved, in which case it returns an
-	// error wrapping ErrFenced. A successful Save notifies watchers. A store
-	// must accept any value up to MaxTokenLen bytes, and may refuse a longer
-	// one with an error wrapping ErrTokenTooLarge.
+	// error wrapping ErrFenced. A successful Save notifies watchers and
+	// clears the SharedBackoff. A store must accept any value up to
+	// MaxTokenLen bytes, and may refuse a longer one with an error wrapping
+	// ErrTokenTooLarge.
 	Save(ctx context.Context, s Shared) error
 	// Invalidate removes the stored token if, and only if, it has the given
 	// version, and then notifies watchers. It reports whether it removed it.
 	Invalidate(ctx context.Context, version int64) (bool, error)
+}
+
+// A BackoffStore holds one credential's SharedBackoff.
+type BackoffStore interface {
+	// LoadBackoff returns the failures recorded since the last successful
+	// Save, and how long every instance must still wait before fetching.
+	LoadBackoff(ctx context.Context) (SharedBackoff, error)
+	// SaveBackoff records b; the next successful Save clears it, and so
+	// does a SaveBackoff of the zero SharedBackoff.
+	SaveBackoff(ctx context.Context, b SharedBackoff) error
+}
+
+// A Notifier delivers one credential's Events.
+type Notifier interface {
 	// Watch calls fn for every event on this credential until stop is
 	// called. fn must not block. Watch itself must not wait for I/O: a
 	// store subscribes in the background and sends Resync once the
 	// subscription is confirmed, or Unsubscribed if it fails.
 	Watch(fn func(Event)) (stop func())
-	// LoadBackoff returns the failures recorded since the last successful
-	// Save, and how long every instance must still wait before fetching.
-	LoadBackoff(ctx context.Context) (Backoff, error)
-	// SaveBackoff records b; the next successful Save clears it, and so
-	// does a SaveBackoff of the zero Backoff.
-	SaveBackoff(ctx context.Context, b Backoff) error
 }
 
-// Backoff is the shared record of failed refreshes of one credential. It
+// SharedBackoff is the shared record of failed refreshes of one credential. It
 // holds no error message, which could carry a secret: only its class and
 // code.
-type Backoff struct {
+type SharedBackoff struct {
 	// Failures counts failed refreshes since the last success.
 	Failures int
 	// Remaining is how long no instance may fetch, measured by the store.

@@ -95,10 +95,10 @@ func run(ctx context.Context, c config) error {
 	for range c.instances {
 		rdb := redis.NewClient(&redis.Options{Addr: c.addr})
 		defer rdb.Close()
-		src, err := rediscache.New(rdb, rediscache.Options{
+		src, err := rediscache.NewSource(rdb, "wechat:demo", up, rediscache.Options{
 			Prefix: prefix,
 			Source: token.Options{Logger: logger, RefreshAhead: refreshAhead, MinRefreshAhead: time.Millisecond},
-		}).Source("wechat:demo", up)
+		})
 		if err != nil {
 			return err
 		}

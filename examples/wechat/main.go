@@ -59,7 +59,10 @@ func run(ctx context.Context, addr string, useStable bool) error {
 	defer rdb.Close()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)) // never logs a secret or a whole token
-	store := rediscache.New(rdb, rediscache.Options{Source: token.Options{Logger: logger}})
+	store, err := rediscache.New(rdb, rediscache.Options{Source: token.Options{Logger: logger}})
+	if err != nil {
+		return err
+	}
 	hc := &http.Client{Timeout: 10 * time.Second}
 
 	var fetch token.Fetcher = &wechat.TokenFetcher{AppID: appID, Secret: secret, BaseURL: baseURL, HTTPClient: hc}

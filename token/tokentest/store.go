@@ -24,7 +24,7 @@ type Store struct {
 	loads    int
 	silent   bool
 	killed   int64 // last version invalidated
-	backoff  token.Backoff
+	backoff  token.SharedBackoff
 	until    time.Time
 	down     bool
 	readOnly bool
@@ -89,10 +89,10 @@ func (s *Store) Calls() int {
 }
 
 // LoadBackoff implements token.Store.
-func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+func (s *Store) LoadBackoff(ctx context.Context) (token.SharedBackoff, error) {
 	s.count()
 	if s.isDown() {
-		return token.Backoff{}, ErrDown
+		return token.SharedBackoff{}, ErrDown
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -102,7 +102,7 @@ func (s *Store) LoadBackoff(ctx context.Context) (token.Backoff, error) {
 }
 
 // SaveBackoff implements token.Store.
-func (s *Store) SaveBackoff(ctx context.Context, b token.Backoff) error {
+func (s *Store) SaveBackoff(ctx context.Context, b token.SharedBackoff) error {
 	s.count()
 	if err := s.writeErr(); err != nil {
 		return err
@@ -200,7 +200,7 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 		s.identity = sh.Identity
 	}
 	s.sh, s.expires = sh, time.Now().Add(sh.TTL)
-	s.backoff, s.until = token.Backoff{}, time.Time{}
+	s.backoff, s.until = token.SharedBackoff{}, time.Time{}
 	fns := s.fns()
 	s.mu.Unlock()
 	for _, fn := range fns {

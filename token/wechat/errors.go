@@ -35,7 +35,7 @@ func (e *Error) Error() string {
 }
 
 // Permanent reports whether retrying soon cannot help: wrong credentials or
-// configuration (IsPermanent) or a spent quota (IsQuota). token.DefaultBackoff
+// configuration (IsPermanent) or a spent quota (IsQuota). token.DefaultBackoffPolicy
 // then makes the whole cluster wait long before it calls WeChat again.
 func (e *Error) Permanent() bool { return IsPermanent(e) || IsQuota(e) }
 

@@ -22,7 +22,10 @@ func Example() {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 
-	store := rediscache.New(rdb, rediscache.Options{})
+	store, err := rediscache.New(rdb, rediscache.Options{})
+	if err != nil {
+		panic(err)
+	}
 	accessToken, err := store.Source("wechat:"+wechattest.DefaultAppID, &wechat.TokenFetcher{
 		AppID: wechattest.DefaultAppID, Secret: wechattest.DefaultSecret, BaseURL: fake.URL,
 	})

@@ -69,10 +69,20 @@ func options(p string, logs io.Writer) rediscache.Options {
 	}
 }
 
+// newCache returns a Cache on a new client of b.
+func newCache(t *testing.T, b redistest.Backend, o rediscache.Options) *rediscache.Cache {
+	t.Helper()
+	c, err := rediscache.New(b.Client(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // source returns a Source of name on a new client of b.
 func source(t *testing.T, b redistest.Backend, o rediscache.Options, name string, f token.Fetcher) *token.Source {
 	t.Helper()
-	s, err := rediscache.New(b.Client(t), o).Source(name, f)
+	s, err := newCache(t, b, o).Source(name, f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +204,7 @@ func TestErrorClasses(t *testing.T) {
 					t.Fatalf("err = %v; not the expected class", err)
 				}
 				errs = append(errs, err.Error())
-				cred, _ := rediscache.New(b.Client(t), rediscache.Options{Prefix: p}).Credential("wechat:wx1")
+				cred, _ := newCache(t, b, rediscache.Options{Prefix: p}).Credential("wechat:wx1")
 				if _, lerr := cred.Load(context.Background()); !errors.Is(lerr, token.ErrNotFound) {
 					t.Errorf("something was cached after %v: %v", err, lerr)
 				}
@@ -241,7 +251,7 @@ func TestStableForceRefresh(t *testing.T) {
 		ctx := context.Background()
 		var logs logBuffer
 		o := options(redistest.Prefix(t), &logs)
-		st := rediscache.New(b.Client(t), o)
+		st := newCache(t, b, o)
 		every := 600 * time.Millisecond // WeChat's 30 s, scaled, plus a margin
 		var srcs []*token.Source
 		for range 4 {

@@ -1,30 +1,7 @@
-// Package rediscache shares tokens through Redis: it implements token.Store
-// and token.Locker on any go-redis client (standalone, Sentinel or Cluster).
-//
-// Each credential has these keys, which share one hash tag, so scripts that
-// touch several of them work on Redis Cluster:
-//
-//	{<prefix><name>}:token          the token, "1|<version>|<lifetime ms>|<value>", with a TTL
-//	{<prefix><name>}:lock           the refresh lock (package lock)
-//	{<prefix><name>}:fence          a hash: the last version issued, written and invalidated
-//	{<prefix><name>}:backoff        a hash: failed refreshes, and until when nobody fetches
-//	{<prefix><name>}:limit:<action> a hash: a Limiter's count for the day
-//
-// Writes are compare-and-set on the version, so a refresher that lost its lock
-// can never overwrite a newer token. Every write and invalidation is
-// published on one channel per deployment, that all sources of a Store share
-// through a single subscription: "<prefix>events" on DB 0 (and on a
-// Cluster), "<prefix>events:db<N>" on DB N, because Redis pub/sub ignores the
-// DB number. What arrives on the channel is not trusted: a Source checks
-// every announced version against the fence, read in the same step as the
-// token, before it acts on it.
-//
-// Set ContextTimeoutEnabled in the go-redis options you pass in: without it,
-// go-redis waits for its socket timeouts (ReadTimeout, 3 s by default, per
-// attempt) even after a caller's context is done. Constructors never wait
-// for Redis (the subscription is made in the background), and Close waits
-// about a second at most.
 package rediscache
+
+// One credential's keys: the token, the fence, the backoff record and the
+// lock, each script beside its caller.
 
 import (
 	"context"
@@ -33,182 +10,14 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/lock"
 	"github.com/tokencache/tokencache/token"
 )
-
-// ErrInvalidName is returned for a credential name that is empty, longer than
-// MaxNameLen, or holds braces, white space or control characters.
-var ErrInvalidName = errors.New("rediscache: invalid credential name")
-
-// minLockTTL is the shortest LockTTL: the lock is refreshed every quarter
-// of it, and a round trip must fit.
-const minLockTTL = 100 * time.Millisecond
-
-// MaxNameLen is the longest credential name.
-const MaxNameLen = 200
-
-// Options configure a Store. The zero value is ready to use.
-type Options struct {
-	// Prefix starts every key and the notification channel. Default
-	// "tokencache:".
-	Prefix string
-	// LockTTL is the refresh lock's time to live. The lock is kept alive
-	// while a fetch runs, so this bounds how long others wait after a
-	// refresher dies, not how long a fetch may take. Default 10s; at least
-	// 100ms.
-	LockTTL time.Duration
-	// Encryption, if set, seals tokens at rest with AES-GCM (see Keyring).
-	// Nil stores them in clear text: protect Redis with ACLs and TLS.
-	Encryption *Keyring
-	// LegacyEvents also publishes and hears events on "<Prefix>events", the
-	// channel that releases before DB-scoped channels used on every DB. Set
-	// it only while a deployment on a DB other than 0 is upgraded in a
-	// rolling deploy, so that old and new instances hear each other; unset
-	// it once no old instance runs, because on that channel deployments on
-	// other DBs hear each other too. It changes nothing on DB 0 or a
-	// Cluster, whose channel is the legacy one.
-	LegacyEvents bool
-	// Source configures every Source the Store makes. Its zero value takes
-	// the defaults documented on token.Options.
-	Source token.Options
-}
-
-func (o Options) withDefaults() Options {
-	if o.Prefix == "" {
-		o.Prefix = "tokencache:"
-	}
-	if o.LockTTL <= 0 {
-		o.LockTTL = 10 * time.Second
-	}
-	if o.Source.Logger == nil {
-		o.Source.Logger = slog.Default()
-	}
-	return o
-}
-
-// Store keeps tokens in Redis. One Store per Redis client serves any number of
-// credentials over one pub/sub subscription, which is open while the Store
-// has sources.
-type Store struct {
-	rdb   redis.UniversalClient
-	opts  Options
-	locks *lock.Client
-	log   *slog.Logger
-	codec codec
-	err   error // from the options, returned by Credential
-
-	scope     *scope  // the channels events are published on
-	malformed rateLog // warnings about malformed notifications
-	listener  listenerState
-}
-
-// listenerState is the subscription's state, shared by watch, unwatch and
-// the listener goroutine.
-type listenerState struct {
-	mu       sync.Mutex // guards every field below
-	watchers map[string]map[*watcher]struct{}
-	n        int                // watchers in all
-	stop     context.CancelFunc // stops the listener; nil while none runs
-	done     chan struct{}      // closed when the listener has stopped
-	sub      *redis.PubSub      // the listener's current subscription, if any
-	deaf     bool               // notifications are unavailable
-}
-
-type watcher struct{ fn func(token.Event) }
-
-// New returns a Store on rdb. It does no I/O. Invalid arguments (a nil
-// client, a *redis.Ring, a LockTTL under 100ms, a bad Keyring or Prefix)
-// make every Source, Credential and Limiter call return the error.
-func New(rdb redis.UniversalClient, opts Options) *Store {
-	opts = opts.withDefaults()
-	c, err := newCodec(opts.Encryption)
-	if strings.ContainsAny(opts.Prefix, "{} \t\r\n") {
-		// A brace would split the hash tag that keeps a credential's keys
-		// in one Cluster slot.
-		err = fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
-	}
-	if opts.LockTTL < minLockTTL {
-		err = fmt.Errorf("%w: LockTTL %v is shorter than %v", token.ErrInvalidConfig, opts.LockTTL, minLockTTL)
-	}
-	if rdb == nil {
-		err = fmt.Errorf("%w: nil Redis client", token.ErrInvalidConfig)
-	}
-	if _, ok := rdb.(*redis.Ring); ok {
-		// A Ring shards channels apart from keys: scripts would publish on
-		// one shard while the subscription listens on another.
-		err = errors.New("rediscache: *redis.Ring is not supported: use a standalone, Sentinel or Cluster client")
-	}
-	return &Store{
-		rdb:      rdb,
-		opts:     opts,
-		locks:    lock.New(rdb),
-		log:      opts.Source.Logger,
-		codec:    c,
-		err:      err,
-		scope:    newScope(rdb, opts),
-		listener: listenerState{watchers: make(map[string]map[*watcher]struct{})},
-	}
-}
-
-// Source returns a token.Source for the credential called name, which fetches
-// with f. Sources of the same name share one token, in this process and in
-// every other that uses the same Redis and prefix.
-func (s *Store) Source(name string, f token.Fetcher) (*token.Source, error) {
-	c, err := s.Credential(name)
-	if err != nil {
-		return nil, err
-	}
-	return token.NewSource(name, f, c, c, s.opts.Source)
-}
-
-// NewSource is New(rdb, opts).Source(name, f): a Source with a Store of its
-// own, whose subscription closes with the Source.
-func NewSource(rdb redis.UniversalClient, name string, f token.Fetcher, opts Options) (*token.Source, error) {
-	return New(rdb, opts).Source(name, f)
-}
-
-// Credential returns the token.Store and token.Locker of one credential, for
-// use with token.NewSource when a Source needs options of its own.
-func (s *Store) Credential(name string) (*Credential, error) {
-	if s.err != nil {
-		return nil, s.err
-	}
-	if err := validName(name); err != nil {
-		return nil, err
-	}
-	tag := "{" + s.opts.Prefix + name + "}"
-	return &Credential{
-		s:       s,
-		name:    name,
-		token:   tag + ":token",
-		lock:    tag + ":lock",
-		fence:   tag + ":fence",
-		backoff: tag + ":backoff",
-	}, nil
-}
-
-func validName(name string) error {
-	if name == "" || len(name) > MaxNameLen {
-		return fmt.Errorf("%w: length %d (want 1 to %d)", ErrInvalidName, len(name), MaxNameLen)
-	}
-	for _, r := range name {
-		if r == '{' || r == '}' || unicode.IsSpace(r) || unicode.IsControl(r) {
-			return fmt.Errorf("%w: %q holds %q", ErrInvalidName, name, r)
-		}
-	}
-	return nil
-}
-
-// Prefix returns the key prefix, with its default filled in.
-func (s *Store) Prefix() string { return s.opts.Prefix }
 
 // luaPrelude defines the helpers the scripts share.
 const luaPrelude = `
@@ -250,10 +59,10 @@ local function fixfence(fk, tk)
 end
 `
 
-// Credential is one credential's keys in a Store. It implements token.Store
+// Credential is one credential's keys in a Cache. It implements token.Store
 // and token.Locker.
 type Credential struct {
-	s                           *Store
+	s                           *Cache
 	name                        string
 	token, lock, fence, backoff string
 	lockChecked                 atomic.Int64 // unix ns of the last check for a broken lock
@@ -475,20 +284,20 @@ return {tonumber(h[1]) or 0, left, h[3] or '', h[4] or '', h[5] or ''}
 `)
 
 // LoadBackoff implements token.Store.
-func (c *Credential) LoadBackoff(ctx context.Context) (token.Backoff, error) {
+func (c *Credential) LoadBackoff(ctx context.Context) (token.SharedBackoff, error) {
 	res, err := loadBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff}, maxBackoff.Milliseconds()).Slice()
 	if err != nil {
-		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
+		return token.SharedBackoff{}, fmt.Errorf("rediscache: load backoff %s: %w", c.name, err)
 	}
 	if len(res) != 5 {
-		return token.Backoff{}, fmt.Errorf("rediscache: load backoff %s: reply of %d items", c.name, len(res))
+		return token.SharedBackoff{}, fmt.Errorf("rediscache: load backoff %s: reply of %d items", c.name, len(res))
 	}
 	failures, _ := res[0].(int64)
 	left, _ := res[1].(int64)
 	class, _ := res[2].(string)
 	code, _ := res[3].(string)
 	id, _ := res[4].(string)
-	return token.Backoff{
+	return token.SharedBackoff{
 		Failures:  int(min(max(failures, 0), 1<<20)),
 		Remaining: time.Duration(left) * time.Millisecond,
 		Class:     cleanClass(class),
@@ -536,7 +345,7 @@ return 1
 `)
 
 // SaveBackoff implements token.Store. The zero Backoff removes the record.
-func (c *Credential) SaveBackoff(ctx context.Context, b token.Backoff) error {
+func (c *Credential) SaveBackoff(ctx context.Context, b token.SharedBackoff) error {
 	ms := min(max(b.Remaining.Milliseconds(), 0), maxBackoff.Milliseconds())
 	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff},
 		max(b.Failures, 0), ms, cleanClass(b.Class), cleanCode(b.Code), fp(b.Identity)).Err()
