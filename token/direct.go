@@ -5,50 +5,62 @@ package token
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 )
 
-// pending is a token fetched while the store was unavailable.
+// pending is a token fetched while the store was unavailable, kept to offer
+// the store when it answers again.
 type pending struct {
-	tok      Shared // Version 0
+	mu  sync.Mutex // guards tok and deadline
+	tok Shared     // Version 0; Value "" if none
+	// deadline is the token's expiry on the monotonic clock.
 	deadline time.Time
 }
 
-func (s *Source) takePending() *pending {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.pending
-	s.pending = nil
-	return p
+func (p *pending) set(sh Shared, deadline time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tok, p.deadline = sh, deadline
+}
+
+// take returns the pending token and forgets it.
+func (p *pending) take() (Shared, time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sh, deadline := p.tok, p.deadline
+	p.tok, p.deadline = Shared{}, time.Time{}
+	return sh, deadline, sh.Value != ""
+}
+
+// drop forgets the pending token, or only the one with value bad if bad is
+// not "".
+func (p *pending) drop(bad string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if bad == "" || p.tok.Value == bad {
+		p.tok, p.deadline = Shared{}, time.Time{}
+	}
 }
 
 // fetchDirect fetches without the store (Options.FetchWhenStoreDown), and
 // keeps the token to offer the store when it answers again.
 func (s *Source) fetchDirect() (*entry, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.FetchTimeout)
+	ctx, cancel := context.WithTimeout(s.life.ctx, s.opts.FetchTimeout)
 	defer cancel()
 	tok, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing))
+	var sh Shared
 	if err == nil {
-		err = s.check(tok)
+		sh, err = s.accept(tok, 0)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
 		// Without the store the backoff is this instance's own.
-		s.mu.Lock()
-		s.directFailures++
-		n := s.directFailures
-		s.mu.Unlock()
-		class, code := Classify(err)
-		s.backingOff(SharedBackoff{Failures: n, Remaining: s.opts.BackoffPolicy(err, n), Class: class, Code: code}, err)
-		return nil, err
+		return nil, s.gate.directFailed(err, s.opts.BackoffPolicy)
 	}
-	ttl := tok.ExpiresAt.Sub(s.opts.Now())
-	sh := Shared{Value: tok.Value, TTL: ttl, Lifetime: ttl}
 	e := s.install(sh, 0)
-	s.mu.Lock()
-	s.pending = &pending{tok: sh, deadline: e.deadline}
-	s.directFailures = 0
-	s.mu.Unlock()
+	s.pending.set(sh, e.deadline)
+	s.gate.directOK()
 	s.log.Warn("tokencache: fetched a token directly while the shared store is unavailable")
 	return e, nil
 }

@@ -43,12 +43,6 @@ const MaxTokenLen = 32 << 10
 // Options.BackoffPolicy paces them.
 const MaxFetchesPerLifetime = 5
 
-// permanentError is an error that DefaultBackoffPolicy treats as permanent.
-type permanentError string
-
-func (e permanentError) Error() string   { return string(e) }
-func (e permanentError) Permanent() bool { return true }
-
 // ErrFetcherPanic is wrapped by the error a refresh returns when the
 // Fetcher panicked. The panic is recovered, its stack logged, and every
 // instance backs off as after a permanent error, so that a deterministic
@@ -158,3 +152,9 @@ func (e *BackoffError) Is(target error) bool {
 	s, ok := classSentinels[e.Class]
 	return ok && s == target
 }
+
+// permanentError is an error that DefaultBackoffPolicy treats as permanent.
+type permanentError string
+
+func (e permanentError) Error() string   { return string(e) }
+func (e permanentError) Permanent() bool { return true }

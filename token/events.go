@@ -6,6 +6,7 @@ package token
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -16,10 +17,10 @@ import (
 // data: it is clamped to what the store says, so that it can never make
 // this Source refuse the store's token and fetch again.
 func (s *Source) confirm(seen, dead int64, f Fence) {
-	if seen > f.Written && s.seen.CompareAndSwap(seen, f.Written) {
+	if seen > f.Written && s.near.seen.CompareAndSwap(seen, f.Written) {
 		s.distrust("refreshed", seen, f.Written)
 	}
-	if trusted := max(f.Invalidated, s.killed.Load()); dead > trusted && s.dead.CompareAndSwap(dead, trusted) {
+	if trusted := max(f.Invalidated, s.near.killed.Load()); dead > trusted && s.near.dead.CompareAndSwap(dead, trusted) {
 		s.distrust("invalidated", dead, trusted)
 	}
 }
@@ -27,8 +28,8 @@ func (s *Source) confirm(seen, dead int64, f Fence) {
 // distrust warns about an unconfirmed event, at most once a minute.
 func (s *Source) distrust(kind string, announced, stored int64) {
 	now := time.Now().UnixNano()
-	last := s.distrusts.Load()
-	if now-last < int64(time.Minute) || !s.distrusts.CompareAndSwap(last, now) {
+	last := s.warn.distrusted.Load()
+	if now-last < int64(time.Minute) || !s.warn.distrusted.CompareAndSwap(last, now) {
 		return
 	}
 	s.log.Warn("tokencache: ignoring a notification the store does not confirm (forged, from another deployment sharing the channel, or lost with the store's data)",
@@ -37,54 +38,43 @@ func (s *Source) distrust(kind string, announced, stored int64) {
 
 // onEvent reacts to a change announced by the store.
 func (s *Source) onEvent(ev Event) {
-	e := s.cur.Load()
+	e := s.near.cur.Load()
 	switch ev.Kind {
 	case Refreshed:
-		raise(&s.seen, ev.Version)
+		raise(&s.near.seen, ev.Version)
 		if e != nil && e.version >= ev.Version {
 			return
 		}
 	case Invalidated:
-		raise(&s.dead, ev.Version)
+		raise(&s.near.dead, ev.Version)
 		if e != nil && e.version > ev.Version {
 			return
 		}
 	case Unsubscribed:
 		// Re-read the current token when a caller next asks, and every
 		// token installed from now on after a poll interval.
-		s.deaf.Store(true)
+		s.near.deaf.Store(true)
 		if e != nil {
 			e.state.CompareAndSwap(stateFresh, stateAhead)
 		}
 		return
 	case Resync:
-		s.deaf.Store(false)
+		s.near.deaf.Store(false)
 	default:
 		return
 	}
 	if e != nil && ev.Kind != Resync {
 		e.state.Store(stateSuperseded)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if ev.Kind == Refreshed {
 		// A token was saved: whatever backoff or store failure this
 		// instance knew of is over.
-		s.endBackoffLocked()
-		s.failErr = nil
+		s.gate.open()
 	}
-	close(s.wake)
-	s.wake = make(chan struct{})
-	switch {
-	case s.closed:
-	case s.flight != nil:
-		// The running refresh may have read before this event.
-		s.again = true
-	case e == nil, ev.Kind == Resync && !e.valid():
-		// Nobody holds this token; waiters were woken.
-	default:
-		s.startLocked()
-	}
+	s.wake.broadcast()
+	// The running refresh may have read before this event: it reads again.
+	// With none running, refresh the token this Source serves, if any.
+	s.flight.rerun(s.refreshOnce, e != nil && (ev.Kind != Resync || e.valid()))
 }
 
 // raise sets a to v if v is greater.
@@ -95,4 +85,37 @@ func raise(a *atomic.Int64, v int64) {
 			return
 		}
 	}
+}
+
+// signal wakes every goroutine waiting on it.
+type signal struct {
+	mu sync.Mutex    // guards ch
+	ch chan struct{} // closed by broadcast; nil until someone waits
+}
+
+// wait returns a channel that the next broadcast closes.
+func (g *signal) wait() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch == nil {
+		g.ch = make(chan struct{})
+	}
+	return g.ch
+}
+
+func (g *signal) broadcast() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
+	}
+}
+
+// warnings rate-limits log lines, so that an outage or a flood of bad input
+// logs a line, not one per call.
+type warnings struct {
+	outage     atomic.Int32 // outageNone, outageRead or outageWrite
+	distrusted atomic.Int64 // unix ns of the last warning about an unconfirmed event
+	mismatched atomic.Int64 // unix ns of the last error about another account's token
 }

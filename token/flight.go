@@ -1,61 +1,83 @@
 package token
 
-// The in-process flight: one refresh per Source at a time, that any
-// number of callers wait for.
+// The in-process flight: one refresh per Source at a time, that any number
+// of callers wait for.
 
-import (
-	"context"
-	"errors"
-	"time"
-)
+import "sync"
 
-// call is one in-process refresh that any number of callers wait for.
-type call struct {
-	done chan struct{}
-	e    *entry // set if err is nil
-	err  error
+// flight runs one function at a time: a caller that arrives while it runs
+// joins the running call instead of starting another, as
+// golang.org/x/sync/singleflight does for a single key. It knows nothing of
+// tokens.
+type flight[T any] struct {
+	mu     sync.Mutex // guards closed, cur and again
+	closed bool       // no call starts any more
+	cur    *call[T]   // the running call, nil if none
+	again  bool       // run cur's function once more if cur succeeds
+	wg     sync.WaitGroup
 }
 
-// refresh returns the in-process refresh, starting one if none runs.
-func (s *Source) refresh() (*call, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	if s.flight != nil {
-		return s.flight, nil
-	}
-	return s.startLocked(), nil
+// call is one run of a flight's function.
+type call[T any] struct {
+	done chan struct{} // closed when val and err are set
+	// val and err are written once, before done is closed: read them only
+	// after <-done.
+	val T
+	err error
 }
 
-func (s *Source) startLocked() *call {
-	c := &call{done: make(chan struct{})}
-	s.flight = c
-	s.again = false
-	s.wg.Add(1)
+// do returns the running call, or starts fn in a new one. It returns nil
+// after close.
+func (f *flight[T]) do(fn func() (T, error)) *call[T] {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return nil
+	case f.cur != nil:
+		return f.cur
+	}
+	return f.startLocked(fn)
+}
+
+// rerun reports that what the running call read may have changed: it runs
+// fn once more after that call succeeds. With no call running, it starts fn
+// if start is set.
+func (f *flight[T]) rerun(fn func() (T, error), start bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+	case f.cur != nil:
+		f.again = true
+	case start:
+		f.startLocked(fn)
+	}
+}
+
+func (f *flight[T]) startLocked(fn func() (T, error)) *call[T] {
+	c := &call[T]{done: make(chan struct{})}
+	f.cur, f.again = c, false
+	f.wg.Add(1)
 	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeoutCause(s.ctx, s.opts.WaitTimeout, ErrRefreshTimeout)
-		c.e, c.err = s.run(ctx)
-		cancel()
-		if c.err != nil && s.ctx.Err() == nil && !errors.Is(c.err, ErrStoreUnavailable) && !errors.Is(c.err, ErrIdentityMismatch) {
-			s.log.Warn("tokencache: refresh failed", errAttr(c.err))
+		defer f.wg.Done()
+		c.val, c.err = fn()
+		f.mu.Lock()
+		f.cur = nil
+		if f.again && !f.closed && c.err == nil {
+			f.startLocked(fn)
 		}
-		s.mu.Lock()
-		s.flight = nil
-		s.failErr = nil
-		if c.err != nil {
-			s.retryAt = time.Now().Add(s.opts.RetryInterval)
-			if errors.Is(c.err, ErrStoreUnavailable) || errors.Is(c.err, ErrIdentityMismatch) {
-				s.failErr = c.err
-			}
-		}
-		if s.again && !s.closed && c.err == nil {
-			s.startLocked()
-		}
-		s.mu.Unlock()
+		f.mu.Unlock()
 		close(c.done)
 	}()
 	return c
 }
+
+// close stops new calls from starting; wait waits for the running ones.
+func (f *flight[T]) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+}
+
+func (f *flight[T]) wait() { f.wg.Wait() }

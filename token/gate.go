@@ -1,42 +1,158 @@
 package token
 
-// The gate: every "not yet" a Source obeys without I/O (Close, a known
-// shared backoff, a failing store until RetryInterval ends) and the cap on
-// fetches per lifetime.
+// The gate: every "not yet" a Source obeys without I/O (a known shared
+// backoff, a failing store until RetryInterval ends, failed fetches without
+// the store) and the cap on fetches per lifetime.
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
+// gate is the one place that decides "not yet" without I/O: after a
+// failed refresh, until RetryInterval has passed; while a shared backoff
+// this instance knows of lasts; after failed fetches without the store; and
+// when too many tokens were fetched within one lifetime (fetches).
+type gate struct {
+	retry time.Duration // Options.RetryInterval; write-once
+
+	mu      sync.Mutex // guards the fields up to resets
+	retryAt time.Time  // no refresh starts before this
+	// failErr is what callers with no valid token get until retryAt, after
+	// a store failure or an identity mismatch, without asking the store.
+	failErr error
+	backoff knownBackoff
+	checked time.Time // when the shared backoff record was last re-read
+	// directFailures counts failed fetches without the store in a row.
+	directFailures int
+
+	// resets counts ResetBackoff calls: a refresh ignores a backoff record
+	// it read across one.
+	resets  atomic.Int64
+	fetches fetchLog
+}
+
+// knownBackoff is a shared backoff this instance knows of: until it ends,
+// callers with no valid token get a BackoffError without asking the store.
+type knownBackoff struct {
+	until time.Time
+	rec   SharedBackoff
+	cause error // the failure, if this instance saw it
+}
+
 // mayRetry reports whether a refresh may start: no failed refresh within
 // RetryInterval and no known shared backoff.
-func (s *Source) mayRetry() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (g *gate) mayRetry() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	now := time.Now()
-	return now.After(s.retryAt) && now.After(s.backoffUntil)
+	return now.After(g.retryAt) && now.After(g.backoff.until)
 }
 
 // notYet returns the error a caller with no valid token gets without any
-// I/O: ErrClosed after Close, the shared backoff while it lasts, and the
-// store's last error until the retry interval after a store failure ends.
-func (s *Source) notYet() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// I/O: the shared backoff while it lasts, and the store's last error until
+// the retry interval after a store failure ends.
+func (g *gate) notYet() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	now := time.Now()
 	switch {
-	case s.closed:
-		return ErrClosed
-	case now.Before(s.backoffUntil):
-		return s.backoffErrLocked(now)
-	case s.failErr != nil && now.Before(s.retryAt):
-		return s.failErr
+	case now.Before(g.backoff.until):
+		return g.backoffErrLocked(now)
+	case g.failErr != nil && now.Before(g.retryAt):
+		return g.failErr
 	}
 	return nil
+}
+
+// finished records the end of a refresh. A failure delays the next by
+// RetryInterval; a sticky one is also what callers get meanwhile.
+func (g *gate) finished(err error, sticky bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failErr = nil
+	if err != nil {
+		g.retryAt = time.Now().Add(g.retry)
+		if sticky {
+			g.failErr = err
+		}
+	}
+}
+
+// recheckDue reports whether the shared backoff record may be re-read now
+// (once per RetryInterval), and if so counts this as the re-read.
+func (g *gate) recheckDue() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if time.Since(g.checked) < g.retry {
+		return false
+	}
+	g.checked = time.Now()
+	return true
+}
+
+// backingOff remembers a shared backoff and returns its error. cause is the
+// failure, if this instance saw it.
+func (g *gate) backingOff(b SharedBackoff, cause error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	g.backoff = knownBackoff{until: now.Add(b.Remaining), rec: b, cause: cause}
+	return g.backoffErrLocked(now)
+}
+
+// backoffErrLocked is the error of the known backoff, with the time
+// actually left at now.
+func (g *gate) backoffErrLocked(now time.Time) error {
+	b := g.backoff
+	return &BackoffError{Failures: b.rec.Failures, Remaining: b.until.Sub(now), Class: b.rec.Class, Code: b.rec.Code, cause: b.cause}
+}
+
+// endBackoff forgets the known backoff.
+func (g *gate) endBackoff() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.backoff = knownBackoff{}
+}
+
+// open forgets every reason not to refresh but the fetch cap: a token was
+// saved, by this instance or another.
+func (g *gate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.backoff, g.failErr = knownBackoff{}, nil
+}
+
+// reset forgets every reason not to refresh (ResetBackoff).
+func (g *gate) reset() {
+	g.resets.Add(1)
+	g.mu.Lock()
+	g.backoff, g.retryAt, g.failErr = knownBackoff{}, time.Time{}, nil
+	g.mu.Unlock()
+	g.fetches.reset()
+}
+
+// directFailed counts a failed fetch without the store and backs off by
+// policy; without the store the backoff is this instance's own.
+func (g *gate) directFailed(err error, policy func(error, int) time.Duration) error {
+	g.mu.Lock()
+	g.directFailures++
+	n := g.directFailures
+	g.mu.Unlock()
+	class, code := Classify(err)
+	g.backingOff(SharedBackoff{Failures: n, Remaining: policy(err, n), Class: class, Code: code}, err)
+	return err
+}
+
+// directOK ends the run of failed fetches without the store.
+func (g *gate) directOK() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.directFailures = 0
 }
 
 // backoffEnded re-reads the shared backoff record behind err, at most once
@@ -44,49 +160,21 @@ func (s *Source) notYet() error {
 // ResetBackoff, or a save, ends it everywhere.
 func (s *Source) backoffEnded(ctx context.Context, err error) bool {
 	var be *BackoffError
-	if !errors.As(err, &be) {
-		return false
-	}
-	s.mu.Lock()
-	due := time.Since(s.backoffChecked) >= s.opts.RetryInterval
-	if due {
-		s.backoffChecked = time.Now()
-	}
-	s.mu.Unlock()
-	if !due {
+	if !errors.As(err, &be) || !s.gate.recheckDue() {
 		return false
 	}
 	b, lerr := s.store.LoadBackoff(ctx)
-	if lerr != nil || (b.Remaining > 0 && (b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP)) {
+	if lerr != nil || (b.Remaining > 0 && s.binds(b)) {
 		return false
 	}
-	s.mu.Lock()
-	s.endBackoffLocked()
-	s.mu.Unlock()
+	s.gate.endBackoff()
 	return true
 }
 
-// backingOff remembers a shared backoff, so that callers fail fast without
-// asking Redis until it ends, and returns its error. cause is the failure,
-// if this instance saw it.
-func (s *Source) backingOff(b SharedBackoff, cause error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.backoff, s.backoffCause = b, cause
-	s.backoffUntil = time.Now().Add(b.Remaining)
-	return s.backoffErrLocked(time.Now())
-}
-
-// backoffErrLocked is the error of the known backoff, with the time
-// actually left at now.
-func (s *Source) backoffErrLocked(now time.Time) error {
-	b := s.backoff
-	return &BackoffError{Failures: b.Failures, Remaining: s.backoffUntil.Sub(now), Class: b.Class, Code: b.Code, cause: s.backoffCause}
-}
-
-// endBackoffLocked forgets the known backoff.
-func (s *Source) endBackoffLocked() {
-	s.backoffUntil, s.backoff, s.backoffCause = time.Time{}, SharedBackoff{}, nil
+// binds reports whether backoff b, recorded by some instance, holds this
+// Source back: one recorded by a Fetcher of another identity does not.
+func (s *Source) binds(b SharedBackoff) bool {
+	return b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP
 }
 
 // ResetBackoff ends the shared backoff of this credential on every
@@ -97,12 +185,7 @@ func (s *Source) ResetBackoff(ctx context.Context) error {
 	if err := s.store.SaveBackoff(ctx, SharedBackoff{}); err != nil {
 		return fmt.Errorf("token: %s: reset backoff: %w", s.name, err)
 	}
-	s.resets.Add(1)
-	s.mu.Lock()
-	s.endBackoffLocked()
-	s.retryAt, s.failErr = time.Time{}, nil
-	s.mu.Unlock()
-	s.fetches.reset()
+	s.gate.reset()
 	return nil
 }
 

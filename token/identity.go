@@ -103,7 +103,7 @@ func (s *Source) checkIdentity(f Fence) error {
 		return nil
 	}
 	now := time.Now().UnixNano()
-	if last := s.mismatches.Load(); now-last >= int64(time.Minute) && s.mismatches.CompareAndSwap(last, now) {
+	if last := s.warn.mismatched.Load(); now-last >= int64(time.Minute) && s.warn.mismatched.CompareAndSwap(last, now) {
 		s.log.Error("tokencache: the shared token was fetched for another account: two applications use one credential name; nothing is fetched")
 	}
 	return fmt.Errorf("token: %s: %w", s.name, ErrIdentityMismatch)

@@ -65,6 +65,19 @@ type Options struct {
 	IdentityKey []byte
 }
 
+// DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix
+// (one with a Permanent() bool method that returns true, such as wrong
+// credentials or a spent quota), and otherwise 1s, 2s, 4s, ... up to a
+// minute, each ±20% so that instances do not retry in step.
+func DefaultBackoffPolicy(err error, failures int) time.Duration {
+	var p interface{ Permanent() bool }
+	if errors.As(err, &p) && p.Permanent() {
+		return 10 * time.Minute
+	}
+	d := min(time.Second<<min(max(failures-1, 0), 6), time.Minute)
+	return d*4/5 + rand.N(d*2/5+1)
+}
+
 func (o Options) withDefaults() Options {
 	if o.RefreshAhead == 0 {
 		o.RefreshAhead = 0.2
@@ -97,19 +110,6 @@ func (o Options) withDefaults() Options {
 		o.Now = time.Now
 	}
 	return o
-}
-
-// DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix
-// (one with a Permanent() bool method that returns true, such as wrong
-// credentials or a spent quota), and otherwise 1s, 2s, 4s, ... up to a
-// minute, each ±20% so that instances do not retry in step.
-func DefaultBackoffPolicy(err error, failures int) time.Duration {
-	var p interface{ Permanent() bool }
-	if errors.As(err, &p) && p.Permanent() {
-		return 10 * time.Minute
-	}
-	d := min(time.Second<<min(max(failures-1, 0), 6), time.Minute)
-	return d*4/5 + rand.N(d*2/5+1)
 }
 
 // window is the refresh-ahead window of a token with the given lifetime.

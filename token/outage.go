@@ -23,9 +23,9 @@ func (s *Source) storeErr(op string, write bool, err error) error {
 	if write {
 		level = outageWrite
 	}
-	for s.ctx.Err() == nil {
-		old := s.outage.Load()
-		if old >= level || !s.outage.CompareAndSwap(old, level) {
+	for s.life.ctx.Err() == nil {
+		old := s.warn.outage.Load()
+		if old >= level || !s.warn.outage.CompareAndSwap(old, level) {
 			if old >= level {
 				break
 			}
@@ -43,9 +43,9 @@ func (s *Source) storeErr(op string, write bool, err error) error {
 // storeUp records that the store answered a read or a write, logging the
 // end of an outage.
 func (s *Source) storeUp(write bool) {
-	ended := s.outage.CompareAndSwap(outageRead, outageNone)
+	ended := s.warn.outage.CompareAndSwap(outageRead, outageNone)
 	if write {
-		ended = s.outage.CompareAndSwap(outageWrite, outageNone) || ended
+		ended = s.warn.outage.CompareAndSwap(outageWrite, outageNone) || ended
 	}
 	if ended {
 		s.log.Info("tokencache: shared store available again")

@@ -7,9 +7,28 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"time"
 )
+
+// refresh returns the in-process refresh, starting one if none runs. It
+// returns nil after Close.
+func (s *Source) refresh() *call[*entry] { return s.flight.do(s.refreshOnce) }
+
+// refreshOnce is one refresh, bounded by WaitTimeout; the gate learns how
+// it ended.
+func (s *Source) refreshOnce() (*entry, error) {
+	ctx, cancel := context.WithTimeoutCause(s.life.ctx, s.opts.WaitTimeout, ErrRefreshTimeout)
+	e, err := s.run(ctx)
+	cancel()
+	// A store failure or an identity mismatch is what callers get until
+	// RetryInterval ends; each has logged once already.
+	sticky := errors.Is(err, ErrStoreUnavailable) || errors.Is(err, ErrIdentityMismatch)
+	if err != nil && s.life.ctx.Err() == nil && !sticky {
+		s.log.Warn("tokencache: refresh failed", errAttr(err))
+	}
+	s.gate.finished(err, sticky)
+	return e, err
+}
 
 // run is one refresh: read the store; if the token is not fresh, become the
 // refresher or wait for the one that is.
@@ -17,13 +36,11 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 	timer := time.NewTimer(s.opts.PollInterval)
 	defer timer.Stop()
 	for {
-		s.mu.Lock()
-		wake := s.wake
-		s.mu.Unlock()
+		wake := s.wake.wait()
 
 		r, err := s.load(ctx)
 		if err != nil {
-			if e := s.cur.Load(); errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown && (!e.valid() || !e.alive(s.dead.Load())) {
+			if e := s.near.cur.Load(); errors.Is(err, ErrStoreUnavailable) && s.opts.FetchWhenStoreDown && (!e.valid() || !e.alive(s.near.dead.Load())) {
 				return s.fetchDirect()
 			}
 			return nil, err
@@ -66,26 +83,13 @@ func (s *Source) attempt(ctx context.Context, r read) (*entry, step, error) {
 	// The lock, and the fetch and save under it, are not bounded by the
 	// wait budget: a token the upstream has issued must not be dropped
 	// because waiting took long. FetchTimeout bounds them.
-	held, err := s.locker.TryLock(s.ctx)
+	held, err := s.locker.TryLock(s.life.ctx)
 	switch {
 	case err == nil:
 		s.storeUp(true)
-		e, lost, err := s.refreshLocked(ctx, held)
-		switch {
-		case lost:
-			// We lost the lock mid-refresh, so another instance may have
-			// taken over: read again and wait for it.
-			s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
-			return nil, stepAgain, nil
-		case e != nil || err != nil:
-			return e, stepDone, err
-		}
-		// The store holds its newest token, which this Source could not
-		// adopt because an event arrived meanwhile: wait for the next
-		// event or poll, never fetch over it.
-		return nil, stepWait, nil
+		return s.underLock(ctx, held)
 	case !errors.Is(err, ErrLocked):
-		if s.ctx.Err() != nil {
+		if s.life.ctx.Err() != nil {
 			return nil, stepDone, ErrClosed
 		}
 		return nil, stepDone, s.storeErr("lock", true, err)
@@ -119,14 +123,14 @@ type read struct {
 func (s *Source) newest(r read) bool {
 	f := r.sh.Fence
 	return r.sh.Value != "" && r.sh.TTL > 0 && r.sh.Version >= f.Written &&
-		r.sh.Version > f.Invalidated && r.sh.Version > s.killed.Load()
+		r.sh.Version > f.Invalidated && r.sh.Version > s.near.killed.Load()
 }
 
 // load reads the store. A missing, unreadable or invalidated token is a miss.
 func (s *Source) load(ctx context.Context) (read, error) {
 	// What was announced before the read was sent must be in the store's
 	// fence: the store publishes an event only after the write.
-	seen, dead := s.seen.Load(), s.dead.Load()
+	seen, dead := s.near.seen.Load(), s.near.dead.Load()
 	sh, err := s.store.Load(ctx)
 	switch {
 	case err == nil:
@@ -135,10 +139,10 @@ func (s *Source) load(ctx context.Context) (read, error) {
 		if err := s.checkIdentity(sh.Fence); err != nil {
 			return read{}, err
 		}
-		dead := sh.Version <= s.dead.Load()
+		dead := sh.Version <= s.near.dead.Load()
 		// A version older than one already announced was read just before
 		// the announced write: it is dead upstream, read again.
-		have := sh.TTL > 0 && !dead && sh.Version >= s.seen.Load()
+		have := sh.TTL > 0 && !dead && sh.Version >= s.near.seen.Load()
 		return read{sh: sh, have: have, invalidated: dead}, nil
 	case errors.Is(err, ErrNotFound):
 		// No live token: whatever account the last one was for, a fetch
@@ -160,78 +164,99 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	}
 }
 
-// refreshLocked fetches and saves a token while holding the lock. lost
-// reports a failure because the lock was lost. It returns neither an entry
-// nor an error when the store holds its newest token, fresh, but this Source
-// could not adopt it: the caller reads again rather than fetching over it.
-func (s *Source) refreshLocked(ctx context.Context, held Held) (_ *entry, lost bool, err error) {
-	lctx := held.Context()
+// underLock refreshes while holding the lock, then releases it.
+func (s *Source) underLock(ctx context.Context, held Held) (*entry, step, error) {
 	defer func() {
-		lost = err != nil && lctx.Err() != nil && s.ctx.Err() == nil
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		rctx, cancel := detached(ctx, time.Second)
 		defer cancel()
 		_ = held.Release(rctx)
 	}()
+	e, err := s.refreshLocked(ctx, held.Context())
+	switch {
+	case err != nil && held.Context().Err() != nil && s.life.ctx.Err() == nil:
+		// We lost the lock mid-refresh, so another instance may have
+		// taken over: read again and wait for it.
+		s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
+		return nil, stepAgain, nil
+	case e != nil || err != nil:
+		return e, stepDone, err
+	}
+	// The store holds its newest token, which this Source could not adopt
+	// because an event arrived meanwhile: wait for the next event or poll,
+	// never fetch over it.
+	return nil, stepWait, nil
+}
+
+// refreshLocked fetches and saves a token while holding the lock, which
+// lctx is bound to. It returns neither an entry nor an error when the store
+// holds its newest token, fresh, but this Source could not adopt it: the
+// caller reads again rather than fetching over it.
+func (s *Source) refreshLocked(ctx, lctx context.Context) (*entry, error) {
 	// Another instance may have refreshed between our read and our lock.
 	r, err := s.load(lctx)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if s.fresh(r.sh) && (r.have || s.newest(r)) {
-		return s.adopt(r.sh, 0), false, nil
+		return s.adopt(r.sh, 0), nil
 	}
-	reason := ReasonMissing
-	switch {
-	case r.invalidated || (r.sh.Version > 0 && r.sh.Version <= s.dead.Load()):
-		reason = ReasonInvalidated
-	case r.have:
-		reason = ReasonExpiring
-	}
+	reason := s.reason(r)
 	b, err := s.sharedBackoff(lctx)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	if wait := s.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.lifetime.Load()))); wait > 0 {
+	if wait := s.gate.fetches.wait(time.Now(), max(r.sh.Lifetime, time.Duration(s.near.lifetime.Load()))); wait > 0 {
 		s.log.Warn("tokencache: too many fetches within one token lifetime; backing off",
 			slog.Int("fetches", MaxFetchesPerLifetime), slog.Duration("backoff", wait))
 		b.Failures++
-		return nil, false, fmt.Errorf("%w: %w", ErrTooManyFetches, s.failed(ctx, b, wait, ErrTooManyFetches))
+		return nil, fmt.Errorf("%w: %w", ErrTooManyFetches, s.failed(ctx, b, wait, ErrTooManyFetches))
 	}
 	version, err := s.store.NextVersion(lctx)
 	if err != nil {
-		return nil, false, s.storeErr("next version", true, err)
+		return nil, s.storeErr("next version", true, err)
 	}
-	if p := s.takePending(); p != nil && reason != ReasonInvalidated {
+	if p, deadline, ok := s.pending.take(); ok && reason != ReasonInvalidated {
 		// A token fetched while the store was down: offer it instead of
 		// fetching again.
-		if ttl := time.Until(p.deadline); ttl > s.opts.window(p.tok.Lifetime) {
-			sh := Shared{Value: p.tok.Value, Version: version, TTL: ttl, Lifetime: p.tok.Lifetime, Identity: s.accountFP}
-			e, err := s.share(ctx, sh)
+		if ttl := time.Until(deadline); ttl > s.opts.window(p.Lifetime) {
+			p.Version, p.TTL = version, ttl
+			e, err := s.share(ctx, p)
 			if err == nil {
 				s.log.Info("tokencache: shared the token fetched while the store was unavailable")
 			}
-			return e, false, err
+			return e, err
 		}
 	}
 	return s.fetchAndShare(ctx, lctx, version, reason, b)
+}
+
+// reason is why a refresh that read r fetches.
+func (s *Source) reason(r read) Reason {
+	switch {
+	case r.invalidated || (r.sh.Version > 0 && r.sh.Version <= s.near.dead.Load()):
+		return ReasonInvalidated
+	case r.have:
+		return ReasonExpiring
+	}
+	return ReasonMissing
 }
 
 // sharedBackoff reads the shared backoff record. It returns the error
 // callers get while the backoff binds this Source, and otherwise the record
 // to count further failures on (empty if it does not bind this Source).
 func (s *Source) sharedBackoff(ctx context.Context) (SharedBackoff, error) {
-	resets := s.resets.Load()
+	resets := s.gate.resets.Load()
 	b, err := s.store.LoadBackoff(ctx)
 	switch {
 	case err != nil:
 		return SharedBackoff{}, s.storeErr("read backoff", false, err)
 	case b.Remaining <= 0:
 		return b, nil
-	case s.resets.Load() != resets:
+	case s.gate.resets.Load() != resets:
 		// ResetBackoff ran while we read the record it removed.
 		return SharedBackoff{}, nil
-	case b.Identity == "" || s.fetcherFP == "" || b.Identity == s.fetcherFP:
-		return SharedBackoff{}, s.backingOff(b, nil)
+	case s.binds(b):
+		return SharedBackoff{}, s.gate.backingOff(b, nil)
 	}
 	// Recorded by a Fetcher with another account or secret (a wrong secret
 	// that was since fixed): not ours to wait for.
@@ -240,17 +265,16 @@ func (s *Source) sharedBackoff(ctx context.Context) (SharedBackoff, error) {
 }
 
 // fetchAndShare fetches under the lock (lctx) and saves the token as version.
-func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b SharedBackoff) (*entry, bool, error) {
+func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b SharedBackoff) (*entry, error) {
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version), slog.String("reason", reason.String()))
 	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
 	tok, err := s.fetch(fctx)
 	cancel()
+	var sh Shared
 	if err == nil {
 		// Only tokens issued count: failures are paced by the backoff.
-		s.fetches.add(time.Now())
-	}
-	if err == nil {
-		err = s.check(tok)
+		s.gate.fetches.add(time.Now())
+		sh, err = s.accept(tok, version)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)
@@ -260,10 +284,8 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 			b.Failures++
 			s.failed(ctx, b, s.opts.BackoffPolicy(err, b.Failures), err)
 		}
-		return nil, false, err
+		return nil, err
 	}
-	ttl := tok.ExpiresAt.Sub(s.opts.Now())
-	sh := Shared{Value: tok.Value, Version: version, TTL: ttl, Lifetime: ttl, Identity: s.accountFP}
 	// The upstream has just invalidated the previous token: serve the new
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
@@ -271,20 +293,20 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	shared, err := s.share(ctx, sh)
 	switch {
 	case shared != nil:
-		return shared, false, nil
+		return shared, nil
 	case err != nil && !errors.Is(err, ErrFenced):
 		// The token is good but other instances cannot see it; they will
 		// refresh on their own.
 		s.log.Warn("tokencache: could not share the new token", errAttr(err))
 	}
-	return e, false, nil
+	return e, nil
 }
 
 // share saves sh with a fenced write and returns its entry. If the store
 // already holds a newer token, it returns that one's entry, or nil with an
 // error wrapping ErrFenced.
 func (s *Source) share(ctx context.Context, sh Shared) (*entry, error) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.FetchTimeout)
+	sctx, cancel := detached(ctx, s.opts.FetchTimeout)
 	defer cancel()
 	err := s.store.Save(sctx, sh)
 	switch {
@@ -311,15 +333,10 @@ func (s *Source) share(ctx context.Context, sh Shared) (*entry, error) {
 	return nil, fmt.Errorf("token: %s: save: %w", s.name, err)
 }
 
-// check validates a fetched token.
-func (s *Source) check(tok Token) error {
-	switch {
-	case tok.Value == "" || !tok.ExpiresAt.After(s.opts.Now()):
-		return fmt.Errorf("fetcher returned %v: %w", tok, ErrInvalidToken)
-	case len(tok.Value) > MaxTokenLen:
-		return fmt.Errorf("%w: %d bytes", ErrTokenTooLarge, len(tok.Value))
-	}
-	return nil
+// detached returns a context that outlives ctx's cancellation, bounded by
+// d, for a write that must finish once begun (a save, a release).
+func detached(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
 // failed records a failed refresh in the shared backoff, so that every
@@ -327,50 +344,10 @@ func (s *Source) check(tok Token) error {
 func (s *Source) failed(ctx context.Context, b SharedBackoff, d time.Duration, err error) error {
 	b.Remaining, b.Identity = d, s.fetcherFP
 	b.Class, b.Code = Classify(err)
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	bctx, cancel := detached(ctx, time.Second)
 	defer cancel()
 	if serr := s.store.SaveBackoff(bctx, b); serr != nil {
 		s.log.Warn("tokencache: could not share the upstream backoff", errAttr(serr))
 	}
-	return s.backingOff(b, err)
-}
-
-// fetch calls the Fetcher but returns when ctx is done even if the Fetcher
-// does not honour it. Such a Fetcher's goroutine ends only when it returns,
-// possibly after Close.
-func (s *Source) fetch(ctx context.Context) (Token, error) {
-	type result struct {
-		tok Token
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		returned := false
-		defer func() {
-			if returned {
-				return
-			}
-			// A panic, or runtime.Goexit (recover returns nil). The stack
-			// says where; the panic value may hold anything, so only its
-			// type is logged.
-			p := recover()
-			s.log.Error("tokencache: fetcher panicked", slog.String("panic_type", fmt.Sprintf("%T", p)),
-				slog.String("stack", string(debug.Stack())))
-			ch <- result{err: fmt.Errorf("%w (%T)", ErrFetcherPanic, p)}
-		}()
-		tok, err := s.fetcher.Fetch(ctx)
-		returned = true
-		ch <- result{tok, redactErr(err)}
-	}()
-	select {
-	case r := <-ch:
-		return r.tok, r.err
-	case <-ctx.Done():
-		select {
-		case r := <-ch: // an answer that came with the deadline still counts
-			return r.tok, r.err
-		default:
-			return Token{}, context.Cause(ctx)
-		}
-	}
+	return s.gate.backingOff(b, err)
 }

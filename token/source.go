@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -20,63 +19,36 @@ import (
 // of goroutines; call Close when done. Make one with NewSource (or
 // rediscache): the zero value is not usable.
 type Source struct {
+	config                 // what NewSource was given; write-once
+	near    nearCache      // the token served, and the versions announced for it
+	gate    gate           // whether a refresh may start now
+	flight  flight[*entry] // the in-process refresh that callers wait for
+	wake    signal         // broadcast on every event: waiters read again
+	pending pending        // a token fetched while the store was down
+	warn    warnings       // rate limits of log lines
+	life    lifecycle
+}
+
+// config is what a Source was made with. Every field is written once, in
+// NewSource.
+type config struct {
 	name    string
 	fetcher Fetcher
 	store   Store
 	locker  Locker
 	opts    Options
 	log     *slog.Logger
-
-	cur atomic.Pointer[entry]
-	// dead and seen are the highest versions announced as invalidated and
-	// as written. Announcements come from outside and are clamped to the
-	// store's Fence when a later read contradicts them (see confirm).
-	dead atomic.Int64
-	seen atomic.Int64
-	// killed is the highest version this Source itself invalidated: unlike
-	// dead, it is never clamped.
-	killed atomic.Int64
-	// deaf is set while the store reports that notifications are not
-	// delivered (Unsubscribed): entries are re-read on demand.
-	deaf atomic.Bool
-
-	outage     atomic.Int32 // outageNone, outageRead or outageWrite: one log line per outage
-	distrusts  atomic.Int64 // unix ns of the last warning about an unconfirmed event
-	lifetime   atomic.Int64 // of the last token installed, in ns: bounds fetches per lifetime
-	mismatches atomic.Int64 // unix ns of the last error about another account's token
-	resets     atomic.Int64 // ResetBackoff calls: a refresh ignores a record read across one
-
 	// accountFP and fetcherFP fingerprint the Fetcher's Identity (see
-	// fingerprints); write-once in NewSource.
+	// fingerprints).
 	accountFP, fetcherFP string
-	fetches              fetchLog
+}
 
-	ctx       context.Context
+// lifecycle is what Close stops.
+type lifecycle struct {
+	ctx       context.Context // every refresh runs under it; done after Close
 	cancel    context.CancelFunc
-	stopWatch func()
-	wg        sync.WaitGroup
-
-	closeOnce sync.Once
-
-	// mu guards the fields below it.
-	mu      sync.Mutex
-	closed  bool
-	flight  *call
-	again   bool          // an event arrived during the flight: read again
-	wake    chan struct{} // closed and replaced on every event
-	retryAt time.Time     // no background refresh before this
-	// A shared backoff this instance knows of: until then, callers with no
-	// valid token get a BackoffError without asking Redis.
-	backoffUntil   time.Time
-	backoff        SharedBackoff
-	backoffCause   error     // the failure, if this instance saw it
-	backoffChecked time.Time // when the shared record was last re-read
-	// After a store failure or an identity mismatch, callers with no valid
-	// token get failErr until retryAt without asking the store again.
-	failErr error
-	pending *pending // fetched while the store was down
-	// directFailures counts failed fetches without the store.
-	directFailures int
+	stopWatch func() // ends the store subscription
+	once      sync.Once
 }
 
 // NewSource returns a Source for the credential called name (used in logs
@@ -99,19 +71,19 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
 	}
-	s := &Source{
-		accountFP: account,
-		fetcherFP: fetcher,
+	s := &Source{config: config{
 		name:      name,
 		fetcher:   f,
 		store:     store,
 		locker:    locker,
 		opts:      opts,
 		log:       opts.Logger.With(slog.String("credential", name)),
-		wake:      make(chan struct{}),
-	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.stopWatch = store.Watch(s.onEvent)
+		accountFP: account,
+		fetcherFP: fetcher,
+	}}
+	s.gate.retry = opts.RetryInterval
+	s.life.ctx, s.life.cancel = context.WithCancel(context.Background())
+	s.life.stopWatch = store.Watch(s.onEvent)
 	return s, nil
 }
 
@@ -119,52 +91,52 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 // no I/O, takes no lock and allocates nothing. Otherwise it may wait, within
 // ctx, for a refresh by this or another instance.
 func (s *Source) Token(ctx context.Context) (Token, error) {
-	if e := s.cur.Load(); e != nil && e.state.Load() == stateFresh {
+	if e := s.near.cur.Load(); e != nil && e.state.Load() == stateFresh {
 		return e.tok, nil
 	}
 	return s.slow(ctx)
 }
 
 func (s *Source) slow(ctx context.Context) (Token, error) {
-	e := s.cur.Load()
+	e := s.near.cur.Load()
 	valid := e.valid()
 	if valid && e.state.Load() == stateAhead {
 		// Refresh in the background; nobody waits while a token is valid.
-		if s.mayRetry() {
-			_, _ = s.refresh()
+		if s.gate.mayRetry() {
+			s.refresh()
 		}
 		return e.tok, nil
 	}
-	if valid && e.alive(s.dead.Load()) && !s.mayRetry() {
+	if valid && e.alive(s.near.dead.Load()) && !s.gate.mayRetry() {
 		// Superseded, but the refresh that would replace it failed: keep
 		// serving it rather than retrying on every call.
 		return e.tok, nil
 	}
-	if !valid || !e.alive(s.dead.Load()) {
+	if !valid || !e.alive(s.near.dead.Load()) {
 		if err := s.notYet(); err != nil && !s.backoffEnded(ctx, err) {
 			return Token{}, err
 		}
 	}
 	for {
-		c, err := s.refresh()
-		if err != nil {
-			return Token{}, err
+		c := s.refresh()
+		if c == nil {
+			return Token{}, ErrClosed
 		}
 		select {
 		case <-c.done:
 			if c.err == nil {
-				if c.e != nil && c.e.alive(s.dead.Load()) {
-					return c.e.tok, nil
+				if c.val != nil && c.val.alive(s.near.dead.Load()) {
+					return c.val.tok, nil
 				}
 				// Invalidated while that refresh ran: wait for the next.
 				continue
 			}
-			if valid && e.valid() && e.alive(s.dead.Load()) {
+			if valid && e.valid() && e.alive(s.near.dead.Load()) {
 				// Superseded by a newer token we could not read: the old
 				// one is still the best we have.
 				return e.tok, nil
 			}
-			if s.ctx.Err() != nil {
+			if s.life.ctx.Err() != nil {
 				return Token{}, ErrClosed
 			}
 			return Token{}, c.err
@@ -177,6 +149,15 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 // isNil reports whether v is nil, or an interface holding a nil pointer,
 // func, map, slice or channel (a typed nil, such as a nil
 // *wechat.TokenFetcher or FetcherFunc(nil)).
+// notYet returns the error a caller with no valid token gets without any
+// I/O (see gate.notYet), and ErrClosed after Close.
+func (s *Source) notYet() error {
+	if s.life.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return s.gate.notYet()
+}
+
 func isNil(v any) bool {
 	if v == nil {
 		return true
@@ -203,17 +184,13 @@ func ctxErr(msg string, ctx context.Context) error {
 // that was already replaced does nothing, so a thousand callers reporting the
 // same bad token cause one fetch.
 func (s *Source) Invalidate(ctx context.Context, bad string) error {
-	s.mu.Lock()
-	if s.pending != nil && s.pending.tok.Value == bad {
-		s.pending = nil // never offer the store a token known to be bad
-	}
-	s.mu.Unlock()
-	e := s.cur.Load()
+	s.pending.drop(bad) // never offer the store a token known to be bad
+	e := s.near.cur.Load()
 	if e == nil || e.tok.Value != bad {
 		return nil
 	}
 	e.bad.Store(true)
-	raise(&s.killed, e.version)
+	raise(&s.near.killed, e.version)
 	s.onEvent(Event{Kind: Invalidated, Version: e.version})
 	if _, err := s.store.Invalidate(ctx, e.version); err != nil {
 		return fmt.Errorf("token: %s: invalidate: %w", s.name, err)
@@ -234,15 +211,13 @@ const closeWait = time.Second
 // its own and changes nothing the caller sees. A Fetcher that ignores its
 // context may still be running.
 func (s *Source) Close() error {
-	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		s.cancel()
+	s.life.once.Do(func() {
+		s.flight.close()
+		s.life.cancel()
 		done := make(chan struct{})
 		go func() {
-			s.stopWatch()
-			s.wg.Wait()
+			s.life.stopWatch()
+			s.flight.wait()
 			close(done)
 		}()
 		t := time.NewTimer(closeWait)
@@ -252,7 +227,7 @@ func (s *Source) Close() error {
 		case <-t.C:
 			s.log.Warn("tokencache: closed while a store call was still blocked; it ends when the store answers or times out")
 		}
-		if e := s.cur.Swap(nil); e != nil && e.timer != nil {
+		if e := s.near.cur.Swap(nil); e != nil && e.timer != nil {
 			e.timer.Stop()
 		}
 	})

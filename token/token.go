@@ -7,20 +7,43 @@
 // package knows nothing about Redis; package rediscache provides the Store and
 // Locker most users want.
 //
-// # How a Source's token moves
+// # How a Source works
 //
-//	no token  --Token-->            refreshing (flight.go)
-//	refreshing --read/fetch+save--> fresh      (protocol.go, nearcache.go)
-//	fresh     --refresh-ahead timer--> ahead: still served, one background refresh
-//	fresh, ahead --event: newer or invalidated--> superseded: read again (events.go)
-//	any       --expiry-->           no token
-//	refreshing --failure-->         gated (gate.go): a shared backoff, a failing
-//	                                store until RetryInterval, a fetch cap
-//	Unsubscribed event              tokens are re-read after PollInterval, on
-//	                                demand, until Resync
+// A Source is made of parts that each own one concern, one file each:
+//
+//	nearcache.go  the token served: fresh, ahead (refresh wanted), superseded
+//	flight.go     one in-process refresh at a time, that callers join
+//	gate.go       the only place that says "not yet": RetryInterval after a
+//	              failure, a shared backoff, failures without the store, the
+//	              fetch cap
+//	protocol.go   one refresh: read -> lock -> re-read -> fetch -> fenced save
+//	              -> notify, each attempt ending in a step the loop switches on
+//	fetch.go      calling the Fetcher, and validating what it returns
+//	events.go     notifications from the store, checked against its fence
+//	direct.go     Options.FetchWhenStoreDown
+//	outage.go     store outages, logged once
+//
+// The token moves through these states:
+//
+//	no token   --Token-->                   refreshing
+//	refreshing --read or fetch+save-->      fresh
+//	fresh      --refresh-ahead timer-->     ahead: still served, one background refresh
+//	fresh, ahead --event: newer or invalidated--> superseded: read again
+//	any        --expiry-->                  no token
+//	refreshing --failure-->                 gated: callers with no valid token get
+//	                                        the gate's error until it opens
+//	Unsubscribed event                      tokens are re-read after PollInterval,
+//	                                        on demand, until Resync
 //
 // Nothing that arrives from outside (an event, a stored value, a backoff
 // record) is trusted beyond what the store's own fence confirms.
+//
+// # For store implementers
+//
+// Users need Token, Fetcher, Source and Options. A store implements Store
+// (TokenStore, BackoffStore and Notifier) and Locker with the types in
+// store.go (Shared, Fence, Event, SharedBackoff, Held and the errors a store
+// returns), and checks itself with tokentest.TestStore.
 package token
 
 import (

@@ -61,7 +61,13 @@ const (
 // IsInvalidToken reports whether err says the access token used was invalid,
 // expired or not the latest (40001, 40014, 42001): invalidate it and retry.
 func IsInvalidToken(err error) bool {
-	return hasCode(err, CodeInvalidCredential, CodeInvalidToken, CodeTokenExpired)
+	var e *Error
+	return errors.As(err, &e) && isInvalidTokenCode(e.Code)
+}
+
+// isInvalidTokenCode is the one list of errcodes that reject an access token.
+func isInvalidTokenCode(code int) bool {
+	return code == CodeInvalidCredential || code == CodeInvalidToken || code == CodeTokenExpired
 }
 
 // IsQuota reports whether err is a quota or frequency limit (45009, 45011).

@@ -75,10 +75,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-func isInvalidTokenCode(code int) bool {
-	return code == CodeInvalidCredential || code == CodeInvalidToken || code == CodeTokenExpired
-}
-
 // peekErrcode reads the errcode of a JSON reply of at most maxReply bytes and
 // puts the body back. Other replies are left alone and give 0.
 func peekErrcode(resp *http.Response) (int, error) {
