@@ -12,8 +12,12 @@ import (
 // and, after each time, not again for Every. Days are counted on the Redis
 // server's clock, shifted by DayOffset (WeChat counts days in UTC+8).
 type Limit struct {
-	PerDay    int
-	Every     time.Duration
+	// PerDay is how many times a day the action may run; it must be > 0.
+	PerDay int
+	// Every is the least time between two runs; 0 means no spacing.
+	Every time.Duration
+	// DayOffset shifts the day boundary from midnight UTC on the server's
+	// clock (8 * time.Hour for WeChat's UTC+8 days).
 	DayOffset time.Duration
 }
 

@@ -124,6 +124,8 @@ type BackoffError struct {
 	cause error
 }
 
+// Error says how many refreshes failed, how the last one failed (class and
+// code, never the message of another instance's error) and the time left.
 func (e *BackoffError) Error() string {
 	last := e.Class
 	if e.Code != "" {

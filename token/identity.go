@@ -34,6 +34,7 @@ type Identity struct {
 // An Identifier is a Fetcher that knows its Identity. A Fetcher that is not
 // an Identifier has none, and no check is made.
 type Identifier interface {
+	// Identity returns the account and secret the Fetcher fetches with.
 	Identity() Identity
 }
 

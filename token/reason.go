@@ -19,6 +19,7 @@ const (
 	ReasonInvalidated
 )
 
+// String returns "missing", "expiring", "invalidated" or "unknown".
 func (r Reason) String() string {
 	switch r {
 	case ReasonMissing:

@@ -88,7 +88,10 @@ const (
 // checked against the store's Fence by the next read before it can make a
 // Source refuse a stored token.
 type Event struct {
-	Kind    EventKind
+	// Kind says what happened.
+	Kind EventKind
+	// Version is the version written (Refreshed) or invalidated
+	// (Invalidated); 0 for Resync and Unsubscribed.
 	Version int64
 }
 

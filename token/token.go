@@ -118,6 +118,8 @@ func Redact(secret string) string {
 // Fetch must honour ctx. ExpiresAt must be computed from time.Now (or from
 // Options.Now if the Source has one) taken when the request was sent.
 type Fetcher interface {
+	// Fetch returns a new token, or an error that says why not (see
+	// Classify for what every instance learns of it).
 	Fetch(ctx context.Context) (Token, error)
 }
 

@@ -30,6 +30,8 @@ type Error struct {
 	Msg string
 }
 
+// Error returns the operation, errcode and errmsg. WeChat's errmsg holds no
+// secret; the request URL, which does, is never part of it.
 func (e *Error) Error() string {
 	return fmt.Sprintf("wechat: %s: errcode %d: %s", e.Op, e.Code, e.Msg)
 }

@@ -40,6 +40,7 @@ const maxExpiresIn = 24 * 60 * 60
 // five minutes) and counts against a quota of 2000 a day: use it only behind
 // a token.Source.
 type TokenFetcher struct {
+	// AppID and Secret are the official account's credentials.
 	AppID, Secret string
 	// BaseURL defaults to DefaultBaseURL.
 	BaseURL string
@@ -67,6 +68,7 @@ func (f *TokenFetcher) Fetch(ctx context.Context) (token.Token, error) {
 // when the Source refreshes because the current token was reported invalid
 // (token.ReasonInvalidated) and Force allows it.
 type StableTokenFetcher struct {
+	// AppID and Secret are the official account's credentials.
 	AppID, Secret string
 	// Force, if set, rations force_refresh across all instances (e.g. a
 	// rediscache.Limiter with ForceRefreshPerDay and ForceRefreshInterval).
@@ -91,6 +93,7 @@ const (
 // A Limiter rations an action across every instance. Allow reports whether
 // the action may run now and, if so, counts it.
 type Limiter interface {
+	// Allow reports whether the action may run now and, if so, counts it.
 	Allow(ctx context.Context) (bool, error)
 }
 

@@ -12,7 +12,9 @@ import (
 // TokenSource is the access-token source the ticket fetcher and Transport
 // use: a *token.Source.
 type TokenSource interface {
+	// Token returns a valid access token.
 	Token(ctx context.Context) (token.Token, error)
+	// Invalidate reports that WeChat rejected the access token bad.
 	Invalidate(ctx context.Context, bad string) error
 }
 
@@ -30,6 +32,7 @@ const (
 // If WeChat rejects the access token (40001, 40014, 42001), the fetcher
 // invalidates it and retries once with the new one.
 type TicketFetcher struct {
+	// Tokens supplies the access token the ticket is fetched with.
 	Tokens TokenSource
 	// Type defaults to TicketJSAPI.
 	Type string

@@ -20,6 +20,7 @@ import (
 // a bytes, strings or nil body are; any other body is read into memory
 // first. Replies that are not JSON (media downloads) pass through untouched.
 type Transport struct {
+	// Tokens supplies the access token added to each request.
 	Tokens TokenSource
 	// Base defaults to http.DefaultTransport.
 	Base http.RoundTripper
