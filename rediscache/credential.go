@@ -299,6 +299,11 @@ func (c *Credential) LoadBackoff(ctx context.Context) (token.SharedBackoff, erro
 	class, _ := res[2].(string)
 	code, _ := res[3].(string)
 	id, _ := res[4].(string)
+	if failures == 0 && left == 0 && class == "" && code == "" && id == "" {
+		// No record: nothing failed, so no class to report ("unknown"
+		// is for records that lack one).
+		return token.SharedBackoff{}, nil
+	}
 	return token.SharedBackoff{
 		Failures:  int(min(max(failures, 0), 1<<20)),
 		Remaining: time.Duration(left) * time.Millisecond,
