@@ -238,10 +238,12 @@ func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
 }
 
 // invalidateScript deletes the token only if it still has the given version:
-// a token that was already replaced is left alone.
+// a token that was already replaced is left alone. A token in its last
+// millisecond (PTTL 0) is gone to Load, so it is not removed either.
 var invalidateScript = redis.NewScript(luaPrelude + `
 fixfence(KEYS[2], KEYS[1])
 if keytype(KEYS[1]) ~= 'string' then return 0 end
+if redis.call('PTTL', KEYS[1]) == 0 then return 0 end
 local v = redis.call('GET', KEYS[1])
 if string.match(v, '^%w|(%d+)|') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -297,6 +299,11 @@ func (c *Credential) LoadBackoff(ctx context.Context) (token.SharedBackoff, erro
 	class, _ := res[2].(string)
 	code, _ := res[3].(string)
 	id, _ := res[4].(string)
+	if failures == 0 && left == 0 && class == "" && code == "" && id == "" {
+		// No record: nothing failed, so no class to report ("unknown"
+		// is for records that lack one).
+		return token.SharedBackoff{}, nil
+	}
 	return token.SharedBackoff{
 		Failures:  int(min(max(failures, 0), 1<<20)),
 		Remaining: time.Duration(left) * time.Millisecond,

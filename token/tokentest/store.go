@@ -216,7 +216,9 @@ func (s *Store) Invalidate(ctx context.Context, version int64) (bool, error) {
 		return false, err
 	}
 	s.mu.Lock()
-	if s.sh.Value == "" || s.sh.Version != version {
+	// An expired token is no longer stored (Load says ErrNotFound): there
+	// is nothing to remove, as in Redis.
+	if s.sh.Value == "" || s.sh.Version != version || !time.Now().Before(s.expires) {
 		s.mu.Unlock()
 		return false, nil
 	}

@@ -2,6 +2,11 @@
 // net/http/httptest: it counts fetches, issues tokens of a given lifetime,
 // and, like the WeChat access_token endpoint, invalidates the previous token
 // whenever it issues a new one.
+//
+// It also provides Store, an in-memory token.Store and token.Locker, and
+// TestStore, a conformance suite in the spirit of testing/fstest.TestFS that
+// checks a store implementation (Store, package rediscache, or your own)
+// keeps the contract token.Source relies on.
 package tokentest
 
 import (
