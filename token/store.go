@@ -145,9 +145,14 @@ type BackoffStore interface {
 // A Notifier delivers one credential's Events.
 type Notifier interface {
 	// Watch calls fn for every event on this credential until stop is
-	// called. fn must not block. Watch itself must not wait for I/O: a
-	// store subscribes in the background and sends Resync once the
-	// subscription is confirmed, or Unsubscribed if it fails.
+	// called. fn must not block; it may be called from several goroutines
+	// at once, and events may arrive out of order (a Source orders them by
+	// version). Watch itself must not wait for I/O: a store that subscribes
+	// in the background sends Resync once the subscription is confirmed,
+	// or Unsubscribed if it fails; a store whose watchers are live when
+	// Watch returns need not send Resync. No event published after stop
+	// returns is delivered (a call already under way may finish). Call stop
+	// once.
 	Watch(fn func(Event)) (stop func())
 }
 
