@@ -351,7 +351,7 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 3600000)
 return 1
 `)
 
-// SaveBackoff implements token.Store. The zero Backoff removes the record.
+// SaveBackoff implements token.Store. The zero SharedBackoff removes the record.
 func (c *Credential) SaveBackoff(ctx context.Context, b token.SharedBackoff) error {
 	ms := min(max(b.Remaining.Milliseconds(), 0), maxBackoff.Milliseconds())
 	err := saveBackoffScript.Run(ctx, c.s.rdb, []string{c.backoff},
