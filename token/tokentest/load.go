@@ -14,14 +14,18 @@ import (
 // TokenSource is what Load calls: a *token.Source, or anything else that hands
 // out tokens (a naive per-process cache, for comparison).
 type TokenSource interface {
+	// Token returns a token, or why not.
 	Token(ctx context.Context) (token.Token, error)
 }
 
 // Result is what a Load run saw.
 type Result struct {
+	// Duration is how long the run took.
 	Duration time.Duration
-	Calls    int64
-	Errors   int64
+	// Calls and Errors count Token calls and those that failed (not
+	// counting calls cut short by the end of the run).
+	Calls, Errors int64
+	// FirstErr is the first error a caller got.
 	FirstErr error
 	// Invalid counts tokens handed out that the upstream no longer accepted
 	// at that moment, and MaxStale is the longest time one of them had been
@@ -32,6 +36,7 @@ type Result struct {
 	P50, P99 time.Duration
 }
 
+// String summarizes r in one line.
 func (r Result) String() string {
 	return fmt.Sprintf("%v: %d calls, %d errors, %d invalid tokens handed out (stale ≤ %v), Token p50 %v p99 %v",
 		r.Duration.Round(time.Millisecond), r.Calls, r.Errors, r.Invalid, r.MaxStale, r.P50, r.P99)
@@ -67,68 +72,77 @@ func Load[S TokenSource](ctx context.Context, srcs []S, cfg LoadConfig) Result {
 	if cfg.Duration <= 0 {
 		cfg.Duration = time.Second
 	}
-	up, goroutines := cfg.Upstream, cfg.Goroutines
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
-	var (
-		mu  sync.Mutex
-		res Result
-		h   hist
-		wg  sync.WaitGroup
-	)
+	var total tally
+	var wg sync.WaitGroup
 	start := time.Now()
 	for _, s := range srcs {
-		for range goroutines {
-			wg.Go(func() {
-				var r Result
-				var lh hist
-				for ctx.Err() == nil {
-					t0 := time.Now()
-					tok, err := s.Token(ctx)
-					lh.add(time.Since(t0))
-					r.Calls++
-					if err != nil {
-						if ctx.Err() != nil {
-							break
-						}
-						r.Errors++
-						if r.FirstErr == nil {
-							r.FirstErr = err
-						}
-						continue
-					}
-					if up != nil {
-						if ok, dead := up.Check(tok.Value); !ok {
-							r.Invalid++
-							r.MaxStale = max(r.MaxStale, dead)
-							if inv, ok := any(s).(invalidator); ok && cfg.Invalidate {
-								_ = inv.Invalidate(ctx, tok.Value)
-							}
-						}
-					}
-					if cfg.Think > 0 {
-						time.Sleep(cfg.Think)
-					} else {
-						runtime.Gosched()
-					}
-				}
-				mu.Lock()
-				res.Calls += r.Calls
-				res.Errors += r.Errors
-				res.Invalid += r.Invalid
-				res.MaxStale = max(res.MaxStale, r.MaxStale)
-				if res.FirstErr == nil {
-					res.FirstErr = r.FirstErr
-				}
-				h.merge(&lh)
-				mu.Unlock()
-			})
+		for range cfg.Goroutines {
+			wg.Go(func() { total.merge(caller(ctx, s, cfg)) })
 		}
 	}
 	wg.Wait()
+	res := total.res
 	res.Duration = time.Since(start)
-	res.P50, res.P99 = h.quantile(0.5), h.quantile(0.99)
+	res.P50, res.P99 = total.h.quantile(0.5), total.h.quantile(0.99)
 	return res
+}
+
+// tally is what the callers of a Load run saw.
+type tally struct {
+	mu  sync.Mutex // guards res and h
+	res Result
+	h   hist
+}
+
+func (t *tally) merge(o *tally) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.res.Calls += o.res.Calls
+	t.res.Errors += o.res.Errors
+	t.res.Invalid += o.res.Invalid
+	t.res.MaxStale = max(t.res.MaxStale, o.res.MaxStale)
+	if t.res.FirstErr == nil {
+		t.res.FirstErr = o.res.FirstErr
+	}
+	t.h.merge(&o.h)
+}
+
+// caller is one Load goroutine: it calls s.Token until ctx ends.
+func caller[S TokenSource](ctx context.Context, s S, cfg LoadConfig) *tally {
+	var t tally
+	r := &t.res
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		tok, err := s.Token(ctx)
+		t.h.add(time.Since(t0))
+		r.Calls++
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return &t
+		case err != nil:
+			r.Errors++
+			if r.FirstErr == nil {
+				r.FirstErr = err
+			}
+			continue
+		case cfg.Upstream != nil:
+			if ok, dead := cfg.Upstream.Check(tok.Value); !ok {
+				r.Invalid++
+				r.MaxStale = max(r.MaxStale, dead)
+				if inv, ok := any(s).(invalidator); ok && cfg.Invalidate {
+					_ = inv.Invalidate(ctx, tok.Value)
+				}
+			}
+		}
+		if cfg.Think > 0 {
+			time.Sleep(cfg.Think)
+		} else {
+			runtime.Gosched()
+		}
+	}
+	return &t
 }
 
 // hist is a log-scale latency histogram: 8 buckets per power of two.
