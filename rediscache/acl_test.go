@@ -72,11 +72,7 @@ func TestMinimalACL(t *testing.T) {
 	up := newUpstream(time.Hour)
 	var srcs []*token.Source
 	for range 3 {
-		s, err := newCache(t, newUser(), o).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s := source(t, newUser(), o, up)
 		srcs = append(srcs, s)
 	}
 	// Fetch, share, invalidate, refresh, back off, lock: all as the user.

@@ -13,6 +13,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
@@ -56,16 +57,12 @@ func TestRollingDeployOnDB1(t *testing.T) {
 	for _, legacy := range []bool{true, false} {
 		forEachStandalone(t, "LegacyEvents="+strconv.FormatBool(legacy), func(t *testing.T, addr string) {
 			rdb := redis.NewClient(&redis.Options{Addr: addr, DB: 1})
-			defer rdb.Close()
+			t.Cleanup(func() { _ = rdb.Close() })
 			p := prefix(t)
 			up := newUpstream(time.Hour)
 			o := testOptions(p)
 			o.LegacyEvents = legacy
-			src, err := newCache(t, rdb, o).Source("c", up)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer src.Close()
+			src := source(t, rdb, o, up)
 			old := rdb.Subscribe(ctx, p+"events") // an instance of the previous release
 			defer old.Close()
 			if _, err := old.Receive(ctx); err != nil {
@@ -95,28 +92,21 @@ func TestRollingDeployOnDB1(t *testing.T) {
 			if err := previousRelease(ctx, rdb, p, "c", "from-the-old-release-0123", next, time.Hour); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(time.Second)
-			for {
+			// Callers at a steady pace, for a second at most: without
+			// LegacyEvents, the second passes on purpose (nothing must
+			// arrive).
+			heard := scenario.Retry(time.Second, time.Millisecond, func() bool {
 				tok, err := src.Token(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if tok.Value == "from-the-old-release-0123" {
-					if !legacy {
-						t.Fatal("heard the old channel without LegacyEvents")
-					}
-					break
-				}
-				if tok.Value != mine.Value || tok.Value != sh.Value {
+				if tok.Value != "from-the-old-release-0123" && (tok.Value != mine.Value || tok.Value != sh.Value) {
 					t.Fatalf("Token = %v", tok)
 				}
-				if time.Now().After(deadline) {
-					if legacy {
-						t.Fatal("the new instance never took the old release's token")
-					}
-					break
-				}
-				time.Sleep(time.Millisecond) // callers at a steady pace
+				return tok.Value == "from-the-old-release-0123"
+			})
+			if heard != legacy {
+				t.Fatalf("LegacyEvents %v, but the new instance took the old release's token: %v", legacy, heard)
 			}
 			if !legacy {
 				// Told that its token is bad, it re-reads and takes the
@@ -164,23 +154,7 @@ func TestOversizedTokenIsNotShared(t *testing.T) {
 				t.Fatalf("Save of MaxTokenLen+1 bytes: %v, want ErrTokenTooLarge", err)
 			}
 		}
-		var calls int
-		big := token.FetcherFunc(func(context.Context) (token.Token, error) {
-			calls++
-			return token.Token{Value: strings.Repeat("x", 70<<10), ExpiresAt: time.Now().Add(time.Hour)}, nil
-		})
-		srcs := instances(t, b, 2, big, testOptions(p))
-		if _, err := srcs[0].Token(ctx); !errors.Is(err, token.ErrTokenTooLarge) {
-			t.Fatalf("err = %v, want ErrTokenTooLarge", err)
-		}
-		for range 10 {
-			if _, err := srcs[1].Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
-				t.Fatalf("the other instance: %v, want the shared backoff", err)
-			}
-		}
-		if calls != 1 {
-			t.Errorf("upstream calls = %d, want 1", calls)
-		}
+		scenario.OversizedTokenIsNotShared(t, redisBackend(t, b, testOptions(p)))
 	})
 }
 
@@ -218,11 +192,7 @@ func TestFormatsStayCompatible(t *testing.T) {
 		}
 		// A Source honours both: it serves the token and does not fetch.
 		up := newUpstream(time.Hour)
-		src, err := newCache(t, rdb, testOptions(p)).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
+		src := source(t, rdb, testOptions(p), up)
 		if tok, err := src.Token(ctx); err != nil || tok.Value != "previous-release-token-0123" || up.Calls() != 0 {
 			t.Fatalf("Token = %v, %v, %d fetches", tok, err, up.Calls())
 		}
@@ -240,15 +210,12 @@ func TestFormatsStayCompatible(t *testing.T) {
 		// re-reads the record within RetryInterval. The refresher serves its
 		// token before its save lands: wait for the save too.
 		var raw string
-		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-			_, err := src.Token(ctx)
+		if !scenario.Retry(3*time.Second, 5*time.Millisecond, func() bool {
+			_, err = src.Token(ctx)
 			raw, _ = rdb.Get(ctx, tag+"token").Result()
-			if err == nil && raw != "" {
-				break
-			}
-			if !errors.Is(err, token.ErrUpstreamBackoff) && err != nil || time.Now().After(deadline) {
-				t.Fatalf("after ResetBackoff: %v (stored %.10q)", err, raw)
-			}
+			return err == nil && raw != "" || err != nil && !errors.Is(err, token.ErrUpstreamBackoff)
+		}) || err != nil {
+			t.Fatalf("after ResetBackoff: %v (stored %.10q)", err, raw)
 		}
 		if !oldToken.MatchString(raw) {
 			t.Errorf("token value %.20q… does not parse as the previous release's", raw)

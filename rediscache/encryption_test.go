@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
@@ -29,11 +30,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		o.Encryption = &rediscache.Keyring{Current: "k1", Keys: map[string][]byte{"k1": key(1)}}
 		up := newUpstream(time.Hour)
 		up.TokenLen = 512
-		a, err := newCache(t, rdb, o).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		a := source(t, rdb, o, up)
 		tok, err := a.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -57,11 +54,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		// Rotation, step 2: another instance writes with k2 and still reads k1.
 		o2 := o
 		o2.Encryption = &rediscache.Keyring{Current: "k2", Keys: map[string][]byte{"k1": key(1), "k2": key(2)}}
-		bsrc, err := newCache(t, b.Client(t), o2).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer bsrc.Close()
+		bsrc := source(t, b.Client(t), o2, up)
 		if got, err := bsrc.Token(ctx); err != nil || got.Value != tok.Value {
 			t.Fatalf("k1 value read with k1+k2: %v, %v", got, err)
 		}
@@ -75,12 +68,10 @@ func TestEncryptionAtRest(t *testing.T) {
 		}
 		// The refresher serves the new token at once and saves it just
 		// after: wait for the save.
-		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+		scenario.Retry(2*time.Second, time.Millisecond, func() bool {
 			raw, _ = rdb.Get(ctx, "{"+p+"c}:token").Result()
-			if raw != "" || time.Now().After(deadline) {
-				break
-			}
-		}
+			return raw != ""
+		})
 		if !strings.HasPrefix(raw, "e|") || !strings.Contains(raw, "|k2|") {
 			t.Errorf("value after rotation is not sealed with k2: %.40s", raw)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/scenario"
 )
 
 // redisProcess is a redis-server the test starts, stops and restarts itself.
@@ -51,11 +52,10 @@ func (r *redisProcess) start() {
 	}
 	c := redis.NewClient(&redis.Options{Addr: r.addr()})
 	defer c.Close()
-	for deadline := time.Now().Add(10 * time.Second); c.Ping(context.Background()).Err() != nil; {
-		if time.Now().After(deadline) {
-			r.t.Fatal("redis-server did not start")
-		}
-		time.Sleep(10 * time.Millisecond) // polling the server's start
+	if !scenario.Retry(10*time.Second, 10*time.Millisecond, func() bool { // polling the server's start
+		return c.Ping(context.Background()).Err() == nil
+	}) {
+		r.t.Fatal("redis-server did not start")
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -15,37 +14,23 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
 
 // hugeVersion is a version no store will issue for a long time.
 const hugeVersion = "4611686018427387904"
 
-// logLine is one line of a jsonLogger's output.
-type logLine struct {
-	Level string `json:"level"`
-	Msg   string `json:"msg"`
-}
-
 // countLogs counts the lines of a jsonLogger's output at level whose message
 // contains substr.
-func countLogs(out, level, substr string) int {
-	n := 0
-	for l := range strings.Lines(out) {
-		var ll logLine
-		if json.Unmarshal([]byte(l), &ll) == nil && ll.Level == level && strings.Contains(ll.Msg, substr) {
-			n++
-		}
-	}
-	return n
-}
+var countLogs = scenario.CountLogs
 
 // waitSubs waits until the channels have at least n subscribers in all.
 func waitSubs(t *testing.T, rdb redis.UniversalClient, n int64, channels ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var subs int64
+	var subs int64
+	if !scenario.Retry(5*time.Second, time.Millisecond, func() bool { // polling server state
+		subs = 0
 		for _, ch := range channels {
 			m, err := numSub(context.Background(), rdb, ch)
 			if err != nil {
@@ -53,13 +38,9 @@ func waitSubs(t *testing.T, rdb redis.UniversalClient, n int64, channels ...stri
 			}
 			subs += m
 		}
-		if subs >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d subscribers of %v, want %d", subs, channels, n)
-		}
-		time.Sleep(time.Millisecond) // polling server state
+		return subs >= n
+	}) {
+		t.Fatalf("%d subscribers of %v, want %d", subs, channels, n)
 	}
 }
 
@@ -132,7 +113,7 @@ func TestForgedEventsFetchNothing(t *testing.T) {
 					case !up.Valid(tok.Value):
 						invalid.Add(1)
 					}
-					time.Sleep(think())
+					time.Sleep(think()) // a caller's pace
 				}
 			})
 		}
@@ -157,8 +138,8 @@ func TestForgedEventsFetchNothing(t *testing.T) {
 			if err := admin.Publish(ctx, channel, msg).Err(); err != nil {
 				t.Fatal(err)
 			}
-			// Observe the callers for a while: an unconfirmed event must
-			// cause nothing, so there is no event to wait for.
+			// Observe the callers for a while, on purpose: an unconfirmed
+			// event must cause nothing, so there is no event to wait for.
 			time.Sleep(350 * time.Millisecond)
 			t.Logf("after PUBLISH %q: %d upstream calls (+%d)", msg, up.Calls(), up.Calls()-before)
 		}
@@ -226,13 +207,11 @@ func TestTwoDeploymentsOnTwoDBs(t *testing.T) {
 		stagingReps = runChildren(t, ctx, 2, "", stagingSrv.URL, 2*time.Second, func() {
 			// Once both deployments have their token, and all four
 			// processes listen, forge a refresh.
-			deadline := time.Now().Add(d / 2)
-			for prod.Issued() == 0 || staging.Issued() == 0 {
-				if time.Now().After(deadline) {
-					t.Errorf("no token after %v: prod issued %d, staging %d", d/2, prod.Issued(), staging.Issued())
-					return
-				}
-				time.Sleep(time.Millisecond) // polling the upstreams
+			if !scenario.Retry(d/2, time.Millisecond, func() bool { // polling the upstreams
+				return prod.Issued() > 0 && staging.Issued() > 0
+			}) {
+				t.Errorf("no token after %v: prod issued %d, staging %d", d/2, prod.Issued(), staging.Issued())
+				return
 			}
 			// Today both deployments listen on tokencache:events; once
 			// channels name the DB, staging listens on ...events:db1.
@@ -240,7 +219,7 @@ func TestTwoDeploymentsOnTwoDBs(t *testing.T) {
 			waitSubs(t, admin, 4, channels...)
 			// Let the two deployments run side by side for a while (today
 			// each one's refresh makes the other fetch), then forge.
-			time.Sleep(d / 3)
+			time.Sleep(d / 3) // on purpose: the subject is what happens meanwhile
 			forgedBefore = [2]int{prod.Calls(), staging.Calls()}
 			for _, ch := range channels {
 				if err := admin.Publish(ctx, ch, "r "+hugeVersion+" "+name).Err(); err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -35,12 +36,21 @@ func (f *idFetcher) Identity() token.Identity {
 
 func identitySource(t *testing.T, b backend, p string, f token.Fetcher) *token.Source {
 	t.Helper()
-	s, err := newCache(t, b.Client(t), testOptions(p)).Source("c", f)
-	if err != nil {
-		t.Fatal(err)
+	return source(t, b.Client(t), testOptions(p), f)
+}
+
+// identityPair returns two instances of the credential "c" under prefix p,
+// fetching from one upstream with the identities a and b ("account
+// secret"), and their fetchers.
+func identityPair(t *testing.T, b backend, p, a, bID string) (fa, fb *idFetcher, sa, sb *token.Source) {
+	t.Helper()
+	up := newUpstream(time.Hour)
+	fetcher := func(id string) *idFetcher {
+		account, secret, _ := strings.Cut(id, " ")
+		return &idFetcher{up: up, account: account, secret: secret}
 	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	fa, fb = fetcher(a), fetcher(bID)
+	return fa, fb, identitySource(t, b, p, fa), identitySource(t, b, p, fb)
 }
 
 // TestAnotherAccountIsRefused: app B, configured by mistake with app A's
@@ -51,10 +61,7 @@ func TestAnotherAccountIsRefused(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		p := prefix(t)
-		up := newUpstream(time.Hour)
-		fa := &idFetcher{up: up, account: "wechat:wxAAAA", secret: "secret-a-0123456789"}
-		fb := &idFetcher{up: up, account: "wechat:wxBBBB", secret: "secret-b-0123456789"}
-		a, bs := identitySource(t, b, p, fa), identitySource(t, b, p, fb)
+		_, fb, a, bs := identityPair(t, b, p, "wechat:wxAAAA secret-a-0123456789", "wechat:wxBBBB secret-b-0123456789")
 		ta, err := a.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -84,11 +91,8 @@ func TestAnotherAccountIsRefused(t *testing.T) {
 func TestRollingSecretRotation(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		p := prefix(t)
-		up := newUpstream(time.Hour)
-		oldF := &idFetcher{up: up, account: "wechat:wx1", secret: "old-secret-0123456789"}
-		newF := &idFetcher{up: up, account: "wechat:wx1", secret: "new-secret-0123456789"}
-		old, nw := identitySource(t, b, p, oldF), identitySource(t, b, p, newF)
+		oldF, newF, old, nw := identityPair(t, b, prefix(t), "wechat:wx1 old-secret-0123456789", "wechat:wx1 new-secret-0123456789")
+		up := oldF.up
 		t1, err := old.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -105,26 +109,23 @@ func TestRollingSecretRotation(t *testing.T) {
 		oldF.revoked.Store(true)
 		_ = old.Invalidate(ctx, t1.Value)
 		_, _ = old.Token(ctx) // fails if the old secret refreshes first
-		deadline := time.Now().Add(2 * time.Second)
+		// Until the invalidation reaches it, in the background.
 		var t2 token.Token
-		for t2.Value == "" || t2.Value == t1.Value { // until the invalidation reaches it
-			if t2, err = nw.Token(ctx); err != nil || time.Now().After(deadline) {
-				t.Fatalf("the new secret was held back by the old one's backoff: %v, %v", t2, err)
-			}
-			time.Sleep(time.Millisecond) // the notification arrives in the background
+		if !scenario.Retry(2*time.Second, time.Millisecond, func() bool {
+			t2, err = nw.Token(ctx)
+			return err != nil || t2.Value != t1.Value
+		}) || err != nil {
+			t.Fatalf("the new secret was held back by the old one's backoff: %v, %v", t2, err)
 		}
 		if !up.Valid(t2.Value) {
 			t.Fatalf("the new instance serves %v, which the upstream does not accept", t2)
 		}
-		for {
-			tok, err := old.Token(ctx)
-			if err == nil && tok.Value == t2.Value {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the old instance never took the new secret's token: %v, %v (t1 %v, t2 %v)", tok, err, t1, t2)
-			}
-			time.Sleep(time.Millisecond) // the notification arrives in the background
+		var tok token.Token
+		if !scenario.Retry(2*time.Second, time.Millisecond, func() bool {
+			tok, err = old.Token(ctx)
+			return err == nil && tok.Value == t2.Value
+		}) {
+			t.Fatalf("the old instance never took the new secret's token: %v, %v (t1 %v, t2 %v)", tok, err, t1, t2)
 		}
 		if oldF.calls.Load() > 2 || newF.calls.Load() != 1 || up.Issued() != 2 {
 			t.Errorf("fetches: old %d (want at most 2), new %d (want 1), issued %d (want 2)", oldF.calls.Load(), newF.calls.Load(), up.Issued())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 )
 
@@ -142,11 +143,7 @@ func TestRedisOutage(t *testing.T) {
 	for range 4 {
 		rdb := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond, DialerRetries: 1})
 		t.Cleanup(func() { _ = rdb.Close() })
-		s, err := newCache(t, rdb, o).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
+		s := source(t, rdb, o, up)
 		srcs = append(srcs, s)
 	}
 	first, err := srcs[0].Token(ctx)
@@ -174,9 +171,9 @@ func TestRedisOutage(t *testing.T) {
 				t.Fatalf("during the outage, with a valid token: Token = %v, %v", tok, err)
 			}
 		}
-		time.Sleep(5 * time.Millisecond) // callers over time
+		time.Sleep(5 * time.Millisecond) // callers over time: the subject is the token's life
 	}
-	time.Sleep(time.Until(last) + 20*time.Millisecond) // now nothing valid is left
+	time.Sleep(time.Until(last) + 20*time.Millisecond) // on purpose: now nothing valid is left
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -201,15 +198,14 @@ func TestRedisOutage(t *testing.T) {
 	r.start()
 	back := time.Now()
 	for _, s := range srcs {
-		for {
-			tok, err := s.Token(ctx)
-			if err == nil && up.Valid(tok.Value) {
-				break
-			}
-			if !errors.Is(err, token.ErrStoreUnavailable) || time.Since(back) > 10*time.Second {
-				t.Fatalf("after Redis came back: Token = %v, %v", tok, err)
-			}
-			time.Sleep(10 * time.Millisecond) // a caller trying again
+		var tok token.Token
+		var err error
+		scenario.Retry(time.Until(back.Add(10*time.Second)), 10*time.Millisecond, func() bool { // a caller trying again
+			tok, err = s.Token(ctx)
+			return !errors.Is(err, token.ErrStoreUnavailable)
+		})
+		if err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("after Redis came back: Token = %v, %v", tok, err)
 		}
 	}
 	t.Logf("every instance had a token %v after Redis came back (RetryInterval %v)", time.Since(back).Round(time.Millisecond), o.Source.RetryInterval)
@@ -241,13 +237,9 @@ func TestStalledRedis(t *testing.T) {
 		px := newProxy(t, b.Addr)
 		ctx := context.Background()
 		rdb := redis.NewClient(&redis.Options{Addr: px.addr(), ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond})
-		defer rdb.Close()
+		t.Cleanup(func() { _ = rdb.Close() })
 		o := testOptions(prefix(t))
-		src, err := newCache(t, rdb, o).Source("c", newUpstream(time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
+		src := source(t, rdb, o, newUpstream(time.Hour))
 		tok, err := src.Token(ctx)
 		if err != nil {
 			t.Fatal(err)

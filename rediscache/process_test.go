@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -266,17 +267,13 @@ func TestKilledRefresher(t *testing.T) {
 	_ = cmd.Wait()
 	// The killed fetch ends when the server sees the connection close;
 	// only then may the upstream answer again.
-	for up.InFlight() > 0 {
-		time.Sleep(time.Millisecond) // polling the server's state
+	if !scenario.Retry(10*time.Second, time.Millisecond, func() bool { return up.InFlight() == 0 }) { // polling the server's state
+		t.Fatal("the killed fetch never ended")
 	}
 	release()
 
 	o := processOptions(p, lockTTL)
-	src, err := newCache(t, newClient(t, addr), o).Source("c", tokentest.HTTPFetcher(srv.URL, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := source(t, newClient(t, addr), o, tokentest.HTTPFetcher(srv.URL, nil))
 	tok, err := src.Token(ctx)
 	recovered := time.Since(killed)
 	if err != nil || !up.Valid(tok.Value) {

@@ -2,27 +2,24 @@ package rediscache_test
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/scenario"
+	"github.com/tokencache/tokencache/token"
 )
 
-// warnLogsMentioning counts the WARN lines of a jsonLogger's output whose
-// message contains substr (case-insensitive).
-func warnLogsMentioning(out, substr string) int {
-	n := 0
-	for _, l := range strings.Split(out, "\n") {
-		var ll struct {
-			Level string `json:"level"`
-			Msg   string `json:"msg"`
-		}
-		if json.Unmarshal([]byte(l), &ll) == nil && ll.Level == "WARN" &&
-			strings.Contains(strings.ToLower(ll.Msg), strings.ToLower(substr)) {
-			n++
-		}
-	}
-	return n
+// restrictedPair returns two Sources of the credential "c" under prefix p
+// that fetch from up: a on the restricted user's client, logging to logsA,
+// and b on a client of the default user.
+func restrictedPair(t *testing.T, addr string, restricted *redis.Client, p string, up token.Fetcher) (a, b *token.Source, logsA *syncBuffer) {
+	t.Helper()
+	logsA = new(syncBuffer)
+	oA := testOptions(p)
+	oA.Source.Logger = logsA.Logger()
+	return source(t, restricted, oA, up), source(t, newClient(t, addr), testOptions(p), up), logsA
 }
 
 // TestRefusedSubscription: an instance whose Redis user may not SUBSCRIBE
@@ -47,19 +44,7 @@ func TestRefusedSubscription(t *testing.T) {
 	}
 
 	up := newUpstream(time.Hour)
-	var logsA syncBuffer
-	oA := testOptions(p)
-	oA.Source.Logger = jsonLogger(&logsA)
-	a, err := newCache(t, restricted, oA).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := newCache(t, newClient(t, addr), testOptions(p)).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b, logsA := restrictedPair(t, addr, restricted, p, up)
 
 	t1, err := a.Token(ctx)
 	if err != nil {
@@ -79,21 +64,15 @@ func TestRefusedSubscription(t *testing.T) {
 	// A must serve T2 within 2s (PollInterval is 20ms), and have warned
 	// about its subscription by then.
 	start := time.Now()
-	deadline := time.NewTimer(2 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
 	var got string
 	var gotErr error
-	for got != t2.Value || warnLogsMentioning(logsA.String(), "subscri") == 0 {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("after 2s: A.Token = %q, %v (T1 %q, T2 %q; T1 valid upstream: %v); A's subscription warnings: %d; A's log:\n%s",
-				got, gotErr, t1.Value, t2.Value, up.Valid(t1.Value), warnLogsMentioning(logsA.String(), "subscri"), logsA.String())
-		}
+	if !scenario.Retry(2*time.Second, 5*time.Millisecond, func() bool {
 		tok, err := a.Token(ctx)
 		got, gotErr = tok.Value, err
+		return got == t2.Value && logsA.Count("WARN", "subscri") > 0
+	}) {
+		t.Fatalf("after 2s: A.Token = %q, %v (T1 %q, T2 %q; T1 valid upstream: %v); A's subscription warnings: %d; A's log:\n%s",
+			got, gotErr, t1.Value, t2.Value, up.Valid(t1.Value), logsA.Count("WARN", "subscri"), logsA.String())
 	}
 	t.Logf("A served T2 and warned %v after B's refresh", time.Since(start).Round(time.Millisecond))
 	if n := up.Issued(); n != 2 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
@@ -179,14 +180,8 @@ func TestBackoffRecordHoldsNoMessage(t *testing.T) {
 	})
 }
 
-// secretError is a fetcher error whose message holds a secret.
-type secretError struct{}
-
-func (secretError) Error() string {
-	return `Get "https://api.example.com/token?secret=S3CRET-0123456789abcdef": 40125 invalid appsecret`
-}
-func (secretError) Permanent() bool   { return true }
-func (secretError) ErrorCode() string { return "40125" }
+// secretError is a permanent fetcher error whose message holds a secret.
+type secretError = scenario.SecretError
 
 // TestBadFenceFieldsAreRepaired: fence fields that are not plain integers
 // (or too large for the scripts' numbers) do not wedge Save, and a fence
@@ -251,31 +246,7 @@ func TestForgedRecordsDoNotBlockForever(t *testing.T) {
 // another instance's ResetBackoff ends its wait too (second review).
 func TestResetBackoffReachesOtherInstances(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
-		ctx := context.Background()
-		p := prefix(t)
-		up := newUpstream(time.Hour)
-		up.FailNext(secretError{})
-		o := testOptions(p)
-		o.Source.RetryInterval = 50 * time.Millisecond
-		x, y := instances(t, b, 2, up, o)[0], instances(t, b, 1, up, o)[0]
-		_, _ = x.Token(ctx)
-		if _, err := y.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
-			t.Fatalf("y: %v, want the backoff", err)
-		}
-		if err := x.ResetBackoff(ctx); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(2 * time.Second)
-		for {
-			tok, err := y.Token(ctx)
-			if err == nil && up.Valid(tok.Value) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("y after x's ResetBackoff: %v, %v", tok, err)
-			}
-			time.Sleep(5 * time.Millisecond) // a caller trying again
-		}
+		scenario.ResetBackoffReachesOtherInstances(t, redisBackend(t, b, testOptions(prefix(t))))
 	})
 }
 
@@ -293,16 +264,14 @@ func TestTokenOfAnotherAccountExpires(t *testing.T) {
 		}
 		_ = a.Close()
 		nb := identitySource(t, b, p, &idFetcher{up: up, account: "wechat:wxBBBB", secret: "secret-b-0123456789"})
-		deadline := time.Now().Add(3 * time.Second)
-		for {
-			tok, err := nb.Token(ctx)
-			if err == nil && up.Valid(tok.Value) {
-				break
-			}
-			if !errors.Is(err, token.ErrIdentityMismatch) || time.Now().After(deadline) {
-				t.Fatalf("Token = %v, %v", tok, err)
-			}
-			time.Sleep(10 * time.Millisecond) // until A's token expires
+		// A caller trying again until A's token expires.
+		var tok token.Token
+		var err error
+		if !scenario.Retry(3*time.Second, 10*time.Millisecond, func() bool {
+			tok, err = nb.Token(ctx)
+			return err == nil && up.Valid(tok.Value) || !errors.Is(err, token.ErrIdentityMismatch)
+		}) || err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("Token = %v, %v", tok, err)
 		}
 	})
 }

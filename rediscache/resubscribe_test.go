@@ -9,7 +9,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
 )
 
 // TestRefusedResubscription: the subscription is confirmed, then the
@@ -23,19 +25,7 @@ func TestRefusedResubscription(t *testing.T) {
 	user := "tokencache-resub-test"
 	restricted, p := aclUser(t, addr, user)
 	up := newUpstream(time.Hour)
-	var logsA syncBuffer
-	oA := testOptions(p)
-	oA.Source.Logger = jsonLogger(&logsA)
-	a, err := newCache(t, restricted, oA).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := newCache(t, newClient(t, addr), testOptions(p)).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b, logsA := restrictedPair(t, addr, restricted, p, up)
 	t1, err := a.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -53,16 +43,14 @@ func TestRefusedResubscription(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got string
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && got != t2.Value; {
+	// A caller every 5ms: an unsubscribed Source re-reads on demand.
+	if !scenario.Retry(3*time.Second, 5*time.Millisecond, func() bool {
 		tok, _ := a.Token(ctx)
-		got = tok.Value
-		time.Sleep(5 * time.Millisecond) // a caller's pace
-	}
-	if got != t2.Value {
+		return tok.Value == t2.Value
+	}) {
 		t.Errorf("A still serves the invalidated token 3 s after the refusal")
 	}
-	if n := warnLogsMentioning(logsA.String(), "subscri"); n == 0 {
+	if n := logsA.Count("WARN", "subscri"); n == 0 {
 		t.Errorf("no warning about the refused subscription; logs:\n%s", logsA.String())
 	}
 	if n := up.Issued(); n != 2 {
@@ -80,11 +68,7 @@ func TestMalformedNotificationsAreRateLimited(t *testing.T) {
 		var logs syncBuffer
 		o := testOptions(p)
 		o.Source.Logger = jsonLogger(&logs)
-		s, err := newCache(t, b.Client(t), o).Source("c", newUpstream(time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		s := source(t, b.Client(t), o, newUpstream(time.Hour))
 		if _, err := s.Token(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -98,12 +82,13 @@ func TestMalformedNotificationsAreRateLimited(t *testing.T) {
 		if err := rdb.Publish(ctx, p+"events", "r 4611686018427387904 c").Err(); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for countLogs(logs.String(), "WARN", "does not confirm") == 0 && time.Now().Before(deadline) {
+		if !scenario.Retry(5*time.Second, time.Millisecond, func() bool {
 			_, _ = s.Token(ctx)
-			time.Sleep(time.Millisecond) // the event is handled in the background
+			return logs.Count("WARN", "does not confirm") > 0
+		}) {
+			t.Fatalf("the valid event after the garbage was not handled; logs:\n%s", logs.String())
 		}
-		if n := countLogs(logs.String(), "WARN", "malformed notification"); n != 1 {
+		if n := logs.Count("WARN", "malformed notification"); n != 1 {
 			t.Errorf("%d warnings for 200 malformed notifications, want 1", n)
 		}
 	})
@@ -121,20 +106,12 @@ func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
 	ctx := context.Background()
 	p := prefix(t)
 	routed := redis.NewUniversalClient(&redis.UniversalOptions{MasterName: sb.Master, Addrs: sb.Sentinels, DB: 1, RouteRandomly: true})
-	defer routed.Close()
+	t.Cleanup(func() { _ = routed.Close() })
 	plain := redis.NewUniversalClient(&redis.UniversalOptions{MasterName: sb.Master, Addrs: sb.Sentinels, DB: 1})
-	defer plain.Close()
+	t.Cleanup(func() { _ = plain.Close() })
 	up := newUpstream(time.Hour)
-	a, err := newCache(t, routed, testOptions(p)).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := newCache(t, plain, testOptions(p)).Source("c", up)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a := source(t, routed, testOptions(p), up)
+	b := source(t, plain, testOptions(p), up)
 	t1, err := a.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -152,16 +129,12 @@ func TestRoutedSentinelClientSharesTheChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		got, err := a.Token(ctx)
-		if err == nil && got.Value == t2.Value {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the routed client's Source still serves the replaced token: %v, %v", got, err)
-		}
-		time.Sleep(time.Millisecond) // the notification arrives in the background
+	var got token.Token
+	if !scenario.Retry(2*time.Second, time.Millisecond, func() bool {
+		got, err = a.Token(ctx)
+		return err == nil && got.Value == t2.Value
+	}) {
+		t.Fatalf("the routed client's Source still serves the replaced token: %v, %v", got, err)
 	}
 }
 
@@ -194,21 +167,17 @@ func waitSubsOnNodes(t *testing.T, sb redistest.Backend, n int64, channel string
 	for _, r := range replicas {
 		addrs = append(addrs, r["ip"]+":"+r["port"])
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var subs int64
+	var subs int64
+	if !scenario.Retry(5*time.Second, 10*time.Millisecond, func() bool { // polling server state
+		subs = 0
 		for _, a := range addrs {
 			c := redis.NewClient(&redis.Options{Addr: a})
 			m, _ := c.PubSubNumSub(ctx, channel).Result()
 			_ = c.Close()
 			subs += m[channel]
 		}
-		if subs >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d subscribers of %s on %v, want %d", subs, channel, addrs, n)
-		}
-		time.Sleep(10 * time.Millisecond) // polling server state
+		return subs >= n
+	}) {
+		t.Fatalf("%d subscribers of %s on %v, want %d", subs, channel, addrs, n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
@@ -38,19 +39,15 @@ func TestOneSubscriptionForManyCredentials(t *testing.T) {
 			defer stop()
 		}
 		other := b.Client(t)
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			subs, err := numSub(ctx, other, p+"events")
-			if err != nil {
+		var subs int64
+		if !scenario.Retry(5*time.Second, time.Millisecond, func() bool { // polling server state
+			var err error
+			if subs, err = numSub(ctx, other, p+"events"); err != nil {
 				t.Fatal(err)
 			}
-			if subs == 1 {
-				break
-			}
-			if subs > 1 || time.Now().After(deadline) {
-				t.Fatalf("%d subscriptions for %d credentials, want 1", subs, n)
-			}
-			time.Sleep(time.Millisecond) // polling server state
+			return subs != 0
+		}) || subs != 1 {
+			t.Fatalf("%d subscriptions for %d credentials, want 1", subs, n)
 		}
 		if conns := rdb.PoolStats().TotalConns; conns > 3*uint32(max(1, len(b.Cluster))) {
 			t.Errorf("%d connections for %d credentials", conns, n)
@@ -93,20 +90,14 @@ func TestResubscribeAnnouncesResync(t *testing.T) {
 	})
 	defer stop()
 	admin := newClient(t, addr)
-	// Kill until a kill hits an established subscription.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		killed, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if killed > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no pub/sub connection to kill")
-		}
-		time.Sleep(5 * time.Millisecond) // waiting for the first subscribe
+	// The first subscription's confirmation is a Resync too.
+	select {
+	case <-resync:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription was never confirmed")
+	}
+	if killed, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil || killed == 0 {
+		t.Fatalf("CLIENT KILL TYPE pubsub: %d, %v; want the confirmed subscription killed", killed, err)
 	}
 	select {
 	case <-resync:

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -106,19 +107,15 @@ func TestClusterSpreadsCredentials(t *testing.T) {
 		if err := insts[i][name].Invalidate(ctx, old.Value); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		// The notification crosses nodes in the background.
+		if !scenario.Retry(5*time.Second, time.Millisecond, func() bool {
 			tok, err := insts[(i+1)%3][name].Token(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tok.Value != old.Value {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the other instance still serves the invalidated token", name)
-			}
-			time.Sleep(time.Millisecond) // the notification crosses nodes
+			return tok.Value != old.Value
+		}) {
+			t.Fatalf("%s: the other instance still serves the invalidated token", name)
 		}
 	}
 	for name := range fs {
@@ -155,11 +152,7 @@ func TestSentinelFailover(t *testing.T) {
 	o.LockTTL = 2 * time.Second
 	var srcs []*token.Source
 	for range 4 {
-		s, err := newCache(t, b.Client(t), o).Source("c", up)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
+		s := source(t, b.Client(t), o, up)
 		srcs = append(srcs, s)
 	}
 	const d = 18 * time.Second
@@ -168,20 +161,17 @@ func TestSentinelFailover(t *testing.T) {
 	go func() {
 		done <- tokentest.Load(ctx, srcs, tokentest.LoadConfig{Goroutines: 16, Duration: d, Think: 5 * time.Millisecond, Upstream: up})
 	}()
-	time.Sleep(2 * time.Second) // let the run settle before the fault
+	time.Sleep(2 * time.Second) // on purpose: let the run settle before the fault
 	killed := time.Now()
 	kill := redis.NewClient(&redis.Options{Addr: old})
 	_ = kill.ShutdownNoSave(ctx).Err() // the connection drops: no reply
 	kill.Close()
 	var newPrimary string
-	for {
-		if newPrimary = primary(); newPrimary != old {
-			break
-		}
-		if time.Since(killed) > 30*time.Second {
-			t.Fatal("no failover within 30s")
-		}
-		time.Sleep(50 * time.Millisecond) // polling Sentinel
+	if !scenario.Retry(30*time.Second, 50*time.Millisecond, func() bool { // polling Sentinel
+		newPrimary = primary()
+		return newPrimary != old
+	}) {
+		t.Fatal("no failover within 30s")
 	}
 	failover := time.Since(killed)
 	res := <-done

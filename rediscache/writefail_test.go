@@ -96,11 +96,7 @@ func TestWritesFailReadsWork(t *testing.T) {
 				rdb.AddHook(&w.cmds)
 				o := testOptions(p)
 				o.Source.Logger = jsonLogger(&w.logs)
-				src, err := newCache(t, rdb, o).Source("c", up)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = src.Close() })
+				src := source(t, rdb, o, up)
 				w.src = src
 				insts = append(insts, w)
 			}
@@ -130,7 +126,7 @@ func TestWritesFailReadsWork(t *testing.T) {
 							} else if after && up.Valid(tok.Value) {
 								w.once.Do(func() { close(w.recovered) })
 							}
-							time.Sleep(think())
+							time.Sleep(think()) // a caller's pace
 						}
 					})
 				}
@@ -185,7 +181,7 @@ func TestWritesFailReadsWork(t *testing.T) {
 			}
 			// Keep the load on for about 2 s after the restore.
 			if rest := 2*time.Second - time.Since(restoreAt); rest > 0 {
-				time.Sleep(rest)
+				time.Sleep(rest) // on purpose: load after the restore
 			}
 			stopLoad()
 

@@ -13,24 +13,13 @@ import (
 // TestTokenAfterCloseWithBackoff: a Source that knows of a shared backoff
 // answers ErrClosed after Close, not the backoff error it remembered.
 func TestTokenAfterCloseWithBackoff(t *testing.T) {
-	ctx := context.Background()
 	up := tokentest.New(time.Hour)
 	up.FailNext(nil, nil, nil)
-	st := tokentest.NewStore()
-	o := opts()
-	o.BackoffPolicy = func(error, int) time.Duration { return time.Minute }
-	s := newSource(t, up, st, o)
-
-	if _, err := s.Token(ctx); err == nil {
-		t.Fatal("the failing fetch succeeded")
-	}
-	if _, err := s.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
-		t.Fatalf("during the backoff: %v, want ErrUpstreamBackoff", err)
-	}
+	s := backingOff(t, up, tokentest.NewStore())
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Token(ctx)
+	_, err := s.Token(context.Background())
 	if !errors.Is(err, token.ErrClosed) {
 		t.Errorf("Token after Close during a backoff: %v, want ErrClosed", err)
 	}

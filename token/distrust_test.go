@@ -2,30 +2,16 @@ package token_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
-
-// logCount counts the JSON log lines at level whose message contains msg.
-func logCount(logs, level, msg string) int {
-	n := 0
-	for _, line := range strings.Split(logs, "\n") {
-		var rec struct{ Level, Msg string }
-		if json.Unmarshal([]byte(line), &rec) == nil && rec.Level == level && strings.Contains(rec.Msg, msg) {
-			n++
-		}
-	}
-	return n
-}
 
 // hammer calls Token from g goroutines, n times each, and returns the first
 // error or a token the upstream does not accept.
@@ -77,9 +63,7 @@ func TestForgedEventsFetchNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := tokentest.New(time.Hour)
 			st := tokentest.NewStore()
-			var logs syncBuffer
-			o := opts()
-			o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+			o, logs := logged()
 			var srcs []*token.Source
 			for range 3 {
 				srcs = append(srcs, newSource(t, up, st, o))
@@ -104,7 +88,7 @@ func TestForgedEventsFetchNothing(t *testing.T) {
 			if n := up.Calls(); n != 1 {
 				t.Errorf("upstream calls = %d, want 1: a forged event caused fetches", n)
 			}
-			if n := logCount(logs.String(), "WARN", "does not confirm"); n != len(srcs) {
+			if n := logs.Count("WARN", "does not confirm"); n != len(srcs) {
 				t.Errorf("%d warnings about the forged event, want one per Source (%d); logs:\n%s", n, len(srcs), logs.String())
 			}
 		})
@@ -138,54 +122,43 @@ func (g *gatedStore) Load(ctx context.Context) (token.Shared, error) {
 // the announced token. It must not be adopted, and it is no reason to distrust
 // the event or to fetch.
 func TestAnnouncedWriteOutranksAnOlderRead(t *testing.T) {
-	ctx := context.Background()
-	up := tokentest.New(time.Hour)
-	st := &gatedStore{Store: tokentest.NewStore()}
-	var logs syncBuffer
-	o := opts()
-	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
-	s, err := token.NewSource("test", up, st, st, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	first, err := s.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The next read (started by a Resync) is held after it read the store.
-	gate := make(chan chan struct{})
-	st.mu.Lock()
-	st.gate = gate
-	st.mu.Unlock()
-	st.Notify(token.Event{Kind: token.Resync})
-	release := <-gate
-	v, _ := st.NextVersion(ctx)
-	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
-	if err := st.Save(ctx, newer); err != nil { // notifies: seen = v
-		t.Fatal(err)
-	}
-	close(release) // the held read now returns the first token
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		tok, err := s.Token(ctx)
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		up := tokentest.New(time.Hour)
+		st := &gatedStore{Store: tokentest.NewStore()}
+		o, logs := logged()
+		s, err := token.NewSource("test", up, st, st, o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tok.Value == newer.Value {
-			break
+		defer s.Close()
+		first, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if tok.Value != first.Value || time.Now().After(deadline) {
-			t.Fatalf("Token = %v, want the announced newer token", tok)
+		// The next read (started by a Resync) is held after it read the store.
+		gate := make(chan chan struct{})
+		st.mu.Lock()
+		st.gate = gate
+		st.mu.Unlock()
+		st.Notify(token.Event{Kind: token.Resync})
+		release := <-gate
+		newer := scenario.Save(t, st, "newer-token-0123456789") // notifies: seen = its version
+		close(release)                                          // the held read now returns the first token
+		if tok, err := s.Token(ctx); err != nil || (tok.Value != first.Value && tok.Value != newer.Value) {
+			t.Fatalf("Token while the re-read runs = %v, %v", tok, err)
 		}
-		time.Sleep(time.Millisecond) // the re-read runs in the background
-	}
-	if up.Calls() != 1 {
-		t.Errorf("upstream calls = %d, want 1", up.Calls())
-	}
-	if n := logCount(logs.String(), "WARN", "does not confirm"); n != 0 {
-		t.Errorf("a genuine event was distrusted: %s", logs.String())
-	}
+		synctest.Wait() // the re-read runs in the background
+		if tok, err := s.Token(ctx); err != nil || tok.Value != newer.Value {
+			t.Fatalf("Token = %v, %v; want the announced newer token", tok, err)
+		}
+		if up.Calls() != 1 {
+			t.Errorf("upstream calls = %d, want 1", up.Calls())
+		}
+		if n := logs.Count("WARN", "does not confirm"); n != 0 {
+			t.Errorf("a genuine event was distrusted: %s", logs.String())
+		}
+	})
 }
 
 // TestFetchesPerLifetimeAreBounded: whatever makes a Source fetch again and
@@ -196,9 +169,7 @@ func TestFetchesPerLifetimeAreBounded(t *testing.T) {
 	ctx := context.Background()
 	up := tokentest.New(time.Hour)
 	st := tokentest.NewStore()
-	var logs syncBuffer
-	o := opts()
-	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	o, logs := logged()
 	s := newSource(t, up, st, o)
 	var err error
 	for range 3 * token.MaxFetchesPerLifetime {
@@ -223,96 +194,70 @@ func TestFetchesPerLifetimeAreBounded(t *testing.T) {
 	if _, err := other.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
 		t.Errorf("another instance got %v, want the shared backoff", err)
 	}
-	if logCount(logs.String(), "WARN", "too many fetches") != 1 {
+	if logs.Count("WARN", "too many fetches") != 1 {
 		t.Errorf("no warning about too many fetches:\n%s", logs.String())
 	}
 }
 
-// TestOversizedToken: a token longer than MaxTokenLen is neither served nor
-// stored; the error is typed, and every instance backs off as after a
-// permanent error instead of fetching it again and again.
-func TestOversizedToken(t *testing.T) {
-	ctx := context.Background()
-	var calls int
-	var mu sync.Mutex
-	big := token.FetcherFunc(func(context.Context) (token.Token, error) {
-		mu.Lock()
-		calls++
-		mu.Unlock()
-		return token.Token{Value: strings.Repeat("x", token.MaxTokenLen+1), ExpiresAt: time.Now().Add(time.Hour)}, nil
-	})
-	st := tokentest.NewStore()
-	a, b := newSource(t, big, st, opts()), newSource(t, big, st, opts())
-	if _, err := a.Token(ctx); !errors.Is(err, token.ErrTokenTooLarge) {
-		t.Fatalf("err = %v, want ErrTokenTooLarge", err)
-	}
-	var be *token.BackoffError
-	if _, err := b.Token(ctx); !errors.As(err, &be) || be.Remaining < 9*time.Minute {
-		t.Fatalf("another instance: %v, want a permanent-error backoff", err)
-	}
-	if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
-		t.Errorf("the store holds something: %v", err)
-	}
-	if calls != 1 {
-		t.Errorf("upstream calls = %d, want 1", calls)
-	}
+// TestOversizedTokenIsNotShared: a token longer than MaxTokenLen is neither
+// served nor stored, and every instance backs off.
+func TestOversizedTokenIsNotShared(t *testing.T) {
+	scenario.OversizedTokenIsNotShared(t, memory())
 }
 
 // TestWritesFailReadsWorkLogsOnce: a store that reads but refuses writes (out
 // of memory, a read-only replica) is one outage, logged once and ended once,
 // and is retried once per RetryInterval, not once per call.
 func TestWritesFailReadsWorkLogsOnce(t *testing.T) {
-	ctx := context.Background()
-	const lifetime = 100 * time.Millisecond
-	up := tokentest.New(lifetime)
-	st := tokentest.NewStore()
-	var logs syncBuffer
-	o := opts()
-	o.RetryInterval = 50 * time.Millisecond
-	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
-	s := newSource(t, up, st, o)
-	if _, err := s.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
-	st.SetReadOnly(true)
-	time.Sleep(lifetime) // let the token expire: the subject here is time
-	before := st.Calls()
-	start := time.Now()
-	var calls, errs int
-	for time.Since(start) < 500*time.Millisecond {
-		calls++
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		const lifetime = 100 * time.Millisecond
+		up := tokentest.New(lifetime)
+		st := tokentest.NewStore()
+		o, logs := logged()
+		o.RetryInterval = 50 * time.Millisecond
+		s := newSource(t, up, st, o)
 		if _, err := s.Token(ctx); err != nil {
-			errs++
-			if !errors.Is(err, token.ErrStoreUnavailable) {
-				t.Fatalf("err = %v, want ErrStoreUnavailable", err)
+			t.Fatal(err)
+		}
+		st.SetReadOnly(true)
+		time.Sleep(lifetime) // let the token expire: the subject here is time
+		before := st.Calls()
+		start := time.Now()
+		var calls, errs int
+		// A caller every millisecond for 500ms.
+		for ; time.Since(start) < 500*time.Millisecond; time.Sleep(time.Millisecond) {
+			calls++
+			if _, err := s.Token(ctx); err != nil {
+				errs++
+				if !errors.Is(err, token.ErrStoreUnavailable) {
+					t.Fatalf("err = %v, want ErrStoreUnavailable", err)
+				}
 			}
 		}
-	}
-	elapsed := time.Since(start)
-	storeCalls := st.Calls() - before
-	t.Logf("%d Token calls (%d errors) in %v sent %d store calls", calls, errs, elapsed, storeCalls)
-	// Each attempt reads and tries the lock: 2 calls per RetryInterval.
-	if most := 2 * (int(elapsed/o.RetryInterval) + 2); storeCalls > most {
-		t.Errorf("%d store calls in %v, want at most %d", storeCalls, elapsed, most)
-	}
-	st.SetReadOnly(false)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if tok, err := s.Token(ctx); err == nil && up.Valid(tok.Value) {
-			break
+		elapsed := time.Since(start)
+		storeCalls := st.Calls() - before
+		t.Logf("%d Token calls (%d errors) in %v sent %d store calls", calls, errs, elapsed, storeCalls)
+		// Each attempt reads and tries the lock: 2 calls per RetryInterval.
+		if most := 2 * (int(elapsed/o.RetryInterval) + 1); storeCalls > most {
+			t.Errorf("%d store calls in %v, want at most %d", storeCalls, elapsed, most)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no token after the store took writes again")
+		if errs != calls {
+			t.Errorf("%d of %d calls failed, want all: there is no valid token to serve", errs, calls)
 		}
-		time.Sleep(time.Millisecond) // waiting out the retry interval
-	}
-	out := logs.String()
-	if n := logCount(out, "WARN", "unavailable"); n != 1 {
-		t.Errorf("%d 'unavailable' warnings, want 1:\n%s", n, out)
-	}
-	if n := logCount(out, "INFO", "available again"); n != 1 {
-		t.Errorf("%d 'available again' lines, want 1:\n%s", n, out)
-	}
+		st.SetReadOnly(false)
+		time.Sleep(o.RetryInterval) // the Source tries the store again after it
+		if tok, err := s.Token(ctx); err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("a RetryInterval after the store took writes again: %v, %v", tok, err)
+		}
+		synctest.Wait()
+		if n := logs.Count("WARN", "unavailable"); n != 1 {
+			t.Errorf("%d 'unavailable' warnings, want 1:\n%s", n, logs.String())
+		}
+		if n := logs.Count("INFO", "available again"); n != 1 {
+			t.Errorf("%d 'available again' lines, want 1:\n%s", n, logs.String())
+		}
+	})
 }
 
 // TestUnsubscribedRechecksOnDemand: while the store reports notifications
@@ -320,68 +265,68 @@ func TestWritesFailReadsWorkLogsOnce(t *testing.T) {
 // interval, only when a caller asks, and so sees another instance's write
 // without a notification; idle, it reads nothing. Resync ends it.
 func TestUnsubscribedRechecksOnDemand(t *testing.T) {
-	ctx := context.Background()
-	up := tokentest.New(time.Hour)
-	st := tokentest.NewStore()
-	o := opts() // PollInterval 20ms
-	s := newSource(t, up, st, o)
-	if _, err := s.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
-	st.Notify(token.Event{Kind: token.Unsubscribed})
-	st.SetSilent(true)
-	v, _ := st.NextVersion(ctx)
-	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
-	if err := st.Save(ctx, newer); err != nil {
-		t.Fatal(err)
-	}
-	loads := st.Loads()
-	start := time.Now()
-	var got token.Token
-	for got.Value != newer.Value {
-		if time.Since(start) > 5*time.Second {
-			t.Fatal("the unsubscribed Source never re-read the store")
-		}
-		got, _ = s.Token(ctx)
-		time.Sleep(time.Millisecond) // a caller's pace
-	}
-	// Keep calling for a while: one read per poll interval at most.
-	for time.Since(start) < 200*time.Millisecond {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		o := opts() // PollInterval 20ms
+		s := newSource(t, up, st, o)
 		if _, err := s.Token(ctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	elapsed := time.Since(start)
-	if n, most := st.Loads()-loads, int(elapsed/o.PollInterval)+2; n > most {
-		t.Errorf("%d loads in %v, want at most %d", n, elapsed, most)
-	}
-	idle := st.Loads()
-	time.Sleep(5 * o.PollInterval) // idle: the subject is that nothing happens
-	if n := st.Loads() - idle; n != 0 {
-		t.Errorf("%d loads while nobody called", n)
-	}
-	st.Notify(token.Event{Kind: token.Resync})
-	time.Sleep(2 * o.PollInterval) // the resync's read and the last recheck settle
-	for range 3 {
-		if _, err := s.Token(ctx); err != nil {
-			t.Fatal(err)
+		st.Notify(token.Event{Kind: token.Unsubscribed})
+		st.SetSilent(true)
+		newer := scenario.Save(t, st, "newer-token-0123456789")
+		loads := st.Loads()
+		start := time.Now()
+		// A caller every millisecond sees the write within a poll interval.
+		var got token.Token
+		for ; got.Value != newer.Value; time.Sleep(time.Millisecond) {
+			if time.Since(start) > o.PollInterval {
+				t.Fatalf("the unsubscribed Source did not re-read the store within %v", o.PollInterval)
+			}
+			got, _ = s.Token(ctx)
+			synctest.Wait() // the re-read runs in the background
 		}
-	}
-	settled := st.Loads()
-	for range 1000 {
-		_, _ = s.Token(ctx)
-	}
-	time.Sleep(2 * o.PollInterval)
-	for range 1000 {
-		_, _ = s.Token(ctx)
-	}
-	if n := st.Loads() - settled; n != 0 {
-		t.Errorf("%d loads after Resync: rechecks did not stop", n)
-	}
-	if up.Calls() != 1 {
-		t.Errorf("upstream calls = %d, want 1", up.Calls())
-	}
+		// Keep calling for a while: one read per poll interval at most.
+		for ; time.Since(start) < 200*time.Millisecond; time.Sleep(time.Millisecond) {
+			if _, err := s.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		elapsed := time.Since(start)
+		if n, most := st.Loads()-loads, int(elapsed/o.PollInterval)+1; n < 2 || n > most {
+			t.Errorf("%d loads in %v, want 2 to %d", n, elapsed, most)
+		}
+		idle := st.Loads()
+		time.Sleep(5 * o.PollInterval) // idle: the subject is that nothing happens
+		if n := st.Loads() - idle; n != 0 {
+			t.Errorf("%d loads while nobody called", n)
+		}
+		st.Notify(token.Event{Kind: token.Resync})
+		synctest.Wait() // the resync's read
+		for range 3 {
+			if _, err := s.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		settled := st.Loads()
+		for range 1000 {
+			_, _ = s.Token(ctx)
+		}
+		time.Sleep(2 * o.PollInterval) // the subject is that no recheck comes
+		for range 1000 {
+			_, _ = s.Token(ctx)
+		}
+		synctest.Wait()
+		if n := st.Loads() - settled; n != 0 {
+			t.Errorf("%d loads after Resync: rechecks did not stop", n)
+		}
+		if up.Calls() != 1 {
+			t.Errorf("upstream calls = %d, want 1", up.Calls())
+		}
+	})
 }
 
 // TestFetchCapEndsWithItsBackoff: when the backoff the fetch cap recorded is
@@ -431,38 +376,56 @@ func TestFetchCapEndsWithItsBackoff(t *testing.T) {
 
 // TestSupersededEntryWaitsOutRetryInterval: a valid token that an event
 // marked superseded, whose refresh failed against a failing store, is served
-// without a new store call on every Token until RetryInterval has passed.
+// without a new store call on every Token until RetryInterval has passed;
+// then the Source tries the store again.
 func TestSupersededEntryWaitsOutRetryInterval(t *testing.T) {
-	ctx := context.Background()
-	up := tokentest.New(time.Hour)
-	st := tokentest.NewStore()
-	o := opts()
-	o.RetryInterval = time.Second
-	s := newSource(t, up, st, o)
-	tok, err := s.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sh, _ := st.Load(ctx)
-	st.SetDown(true)
-	st.Notify(token.Event{Kind: token.Refreshed, Version: sh.Version + 1})
-	before := st.Calls()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for time.Since(start) < 300*time.Millisecond {
-				if got, err := s.Token(ctx); err != nil || got.Value != tok.Value {
-					t.Errorf("Token = %v, %v; want the valid token", got, err)
-					return
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		o := opts()
+		o.RetryInterval = time.Second
+		s := newSource(t, up, st, o)
+		tok, err := s.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh, _ := st.Load(ctx)
+		st.SetDown(true)
+		before := st.Calls()
+		st.Notify(token.Event{Kind: token.Refreshed, Version: sh.Version + 1})
+		synctest.Wait() // the refresh the event started fails
+		failed := st.Calls()
+		if failed == before {
+			t.Fatal("the event started no refresh")
+		}
+		// 4 callers, each calling every millisecond, until just before
+		// the retry interval ends.
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for ; time.Since(start) < o.RetryInterval-time.Millisecond; time.Sleep(time.Millisecond) {
+					if got, err := s.Token(ctx); err != nil || got.Value != tok.Value {
+						t.Errorf("Token = %v, %v; want the valid token", got, err)
+						return
+					}
 				}
-			}
-		})
-	}
-	wg.Wait()
-	if n := st.Calls() - before; n > 3 {
-		t.Errorf("%d store calls in 300ms with RetryInterval 1s", n)
-	}
+			})
+		}
+		wg.Wait()
+		if n := st.Calls() - failed; n != 0 {
+			t.Errorf("%d store calls within RetryInterval of the failed refresh, want 0", n)
+		}
+		time.Sleep(2 * time.Millisecond) // just past RetryInterval
+		if got, err := s.Token(ctx); err != nil || got.Value != tok.Value {
+			t.Errorf("Token = %v, %v; want the valid token", got, err)
+		}
+		synctest.Wait()
+		if st.Calls() == failed {
+			t.Error("no new refresh after RetryInterval")
+		}
+	})
 }
 
 // TestDirectFetchAfterInvalidate: with FetchWhenStoreDown, a token the

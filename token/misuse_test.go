@@ -3,7 +3,6 @@ package token_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -12,21 +11,15 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
 
-// secretError is a fetcher error that carries a secret in its message, as a
-// *url.Error with the secret in the query string does, and an upstream code.
-type secretError struct{}
+// secretError is a permanent fetcher error whose message holds secret.
+type secretError = scenario.SecretError
 
-func (secretError) Error() string {
-	return `Get "https://api.example.com/token?appid=wx1&secret=S3CRET-0123456789abcdef": 40125 invalid appsecret`
-}
-func (secretError) Permanent() bool   { return true }
-func (secretError) ErrorCode() string { return "40125" }
-
-const secret = "S3CRET-0123456789abcdef"
+const secret = scenario.Secret
 
 // TestBackoffSharesClassNotMessage: a failed fetch's message stays in the
 // process that saw it (its callers get it, its log shows it without the URL's
@@ -35,9 +28,7 @@ const secret = "S3CRET-0123456789abcdef"
 func TestBackoffSharesClassNotMessage(t *testing.T) {
 	ctx := context.Background()
 	st := tokentest.NewStore()
-	var logs syncBuffer
-	o := opts()
-	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	o, logs := logged()
 	f := token.FetcherFunc(func(context.Context) (token.Token, error) { return token.Token{}, secretError{} })
 	a, b := newSource(t, f, st, o), newSource(t, f, st, o)
 	_, err := a.Token(ctx)
@@ -114,9 +105,7 @@ func TestBackoffRemainingCountsDown(t *testing.T) {
 func TestFetcherPanic(t *testing.T) {
 	ctx := context.Background()
 	st := tokentest.NewStore()
-	var logs syncBuffer
-	o := opts()
-	o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	o, logs := logged()
 	var calls atomic.Int32
 	f := token.FetcherFunc(func(context.Context) (token.Token, error) {
 		calls.Add(1)
@@ -139,7 +128,7 @@ func TestFetcherPanic(t *testing.T) {
 	} else {
 		_ = h.Release(ctx)
 	}
-	if !strings.Contains(logs.String(), "goroutine") || logCount(logs.String(), "ERROR", "panicked") != 1 {
+	if !strings.Contains(logs.String(), "goroutine") || logs.Count("ERROR", "panicked") != 1 {
 		t.Errorf("no stack in the log:\n%s", logs.String())
 	}
 	if calls.Load() != 1 {

@@ -4,18 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
@@ -41,6 +41,43 @@ func newSource(t testing.TB, up token.Fetcher, st *tokentest.Store, o token.Opti
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// memory is the backend of the shared scenarios in this package: instances
+// share one in-memory tokentest.Store.
+func memory() scenario.Backend {
+	st := tokentest.NewStore()
+	return scenario.Backend{
+		NewSource: func(t *testing.T, _ int, f token.Fetcher, o token.Options) *token.Source {
+			return newSource(t, f, st, o)
+		},
+		Store:    st,
+		Options:  opts(),
+		Think:    2 * time.Millisecond,
+		MaxStale: 100 * time.Millisecond,
+	}
+}
+
+// syncBuffer collects log output; it is safe for concurrent use.
+type syncBuffer = scenario.Logs
+
+// logged returns opts() with a JSON logger, and what it logs.
+func logged() (token.Options, *syncBuffer) {
+	logs := new(syncBuffer)
+	o := opts()
+	o.Logger = logs.Logger()
+	return o, logs
+}
+
+// lockedElsewhere takes st's refresh lock until the test ends, as another
+// instance that is refreshing.
+func lockedElsewhere(t testing.TB, st *tokentest.Store) {
+	t.Helper()
+	other, err := st.TryLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Release(context.Background()) })
 }
 
 func TestHotPathDoesNoIO(t *testing.T) {
@@ -74,128 +111,75 @@ func TestHotPathDoesNoIO(t *testing.T) {
 // against a strict upstream and checks that no token was replaced before its
 // refresh-ahead window, none ran out, and no caller got an error.
 func TestOneFetchPerLifetime(t *testing.T) {
-	const lifetime = 200 * time.Millisecond
-	up := tokentest.New(lifetime)
-	st := tokentest.NewStore()
-	o := opts()
-	var srcs []*token.Source
-	for range 8 {
-		srcs = append(srcs, newSource(t, up, st, o))
-	}
-	res := tokentest.Load(context.Background(), srcs, tokentest.LoadConfig{
-		Goroutines: 64, Duration: 10 * lifetime, Think: 2 * time.Millisecond, Upstream: up})
-	checkLoad(t, res, up, lifetime, o.RefreshAhead)
-}
-
-func checkLoad(t *testing.T, res tokentest.Result, up *tokentest.Upstream, lifetime time.Duration, ahead float64) {
-	t.Helper()
-	t.Logf("%s", res)
-	if res.Errors > 0 {
-		t.Errorf("%d callers got errors, first: %v", res.Errors, res.FirstErr)
-	}
-	times := up.IssueTimes()
-	// A token is replaced no earlier than its refresh-ahead window allows
-	// (slack for timers) and before it expires.
-	minGap := time.Duration(float64(lifetime)*(1-ahead)) - lifetime/10
-	for i := 1; i < len(times); i++ {
-		gap := times[i].Sub(times[i-1])
-		if gap < minGap {
-			t.Errorf("fetch %d came %v after the previous one; want at least %v (a duplicate fetch)", i, gap, minGap)
-		}
-	}
-	// One fetch per lifetime less the refresh-ahead window. More would be
-	// duplicate fetches; fewer means refreshes ran late on a starved CPU.
-	want := int(res.Duration / time.Duration(float64(lifetime)*(1-ahead)))
-	if n := up.Issued(); n > want+1 {
-		t.Errorf("upstream issued %d tokens over %v; want at most %d", n, res.Duration, want+1)
-	} else if n < want-1 {
-		t.Logf("upstream issued only %d of %d tokens: refreshes ran late", n, want)
-	}
-	if res.MaxStale > 100*time.Millisecond {
-		t.Errorf("a caller got a token that had been invalid for %v", res.MaxStale)
-	}
+	scenario.OneFetchPerLifetime(t, memory(), 200*time.Millisecond, 10)
 }
 
 func TestInvalidateStormFetchesOnce(t *testing.T) {
-	up := tokentest.New(time.Hour)
-	st := tokentest.NewStore()
-	var srcs []*token.Source
-	for range 8 {
-		srcs = append(srcs, newSource(t, up, st, opts()))
-	}
-	ctx := context.Background()
-	bad, err := srcs[0].Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range srcs {
-		if tok, err := s.Token(ctx); err != nil || tok.Value != bad.Value {
-			t.Fatalf("Token = %v, %v; want the shared %v", tok, err, bad)
-		}
-	}
-	var wg sync.WaitGroup
-	for i := range 1000 {
-		wg.Go(func() {
-			s := srcs[i%len(srcs)]
-			if err := s.Invalidate(ctx, bad.Value); err != nil {
-				t.Error(err)
-			}
-			tok, err := s.Token(ctx)
-			if err != nil || tok.Value == bad.Value {
-				t.Errorf("after Invalidate: Token = %v, %v", tok, err)
-			}
+	scenario.InvalidateStormFetchesOnce(t, memory())
+}
+
+// TestDeadUpstreamIsBackedOff: the shared backoff holds a dead upstream to a
+// handful of calls from 8 instances; in a synctest bubble, 6 s of it take no
+// time.
+func TestDeadUpstreamIsBackedOff(t *testing.T) {
+	for _, up := range scenario.DeadUpstreams {
+		t.Run(up.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := memory()
+				b.Think = 10 * time.Millisecond
+				scenario.DeadUpstreamIsBackedOff(t, b, up, 8)
+			})
 		})
-	}
-	wg.Wait()
-	if n := up.Calls(); n != 2 {
-		t.Errorf("upstream calls = %d, want 2 (first token and one refresh)", n)
-	}
-	// Invalidating the replaced token again fetches nothing.
-	for _, s := range srcs {
-		if err := s.Invalidate(ctx, bad.Value); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Token(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := up.Calls(); n != 2 {
-		t.Errorf("a stale Invalidate fetched: upstream calls = %d, want 2", n)
 	}
 }
 
+// TestResetBackoffReachesOtherInstances: another instance's ResetBackoff
+// ends a backoff this one learned of within its RetryInterval.
+func TestResetBackoffReachesOtherInstances(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		scenario.ResetBackoffReachesOtherInstances(t, memory())
+	})
+}
+
+// TestUpstreamErrorIsReturnedAndNotCached: a failed fetch reaches its caller,
+// stores nothing, and backs every instance off for exactly the policy's
+// wait (in a synctest bubble), after which the next caller fetches.
 func TestUpstreamErrorIsReturnedAndNotCached(t *testing.T) {
-	up := tokentest.New(time.Hour)
-	quota := errors.New("quota exceeded")
-	up.FailNext(quota)
-	st := tokentest.NewStore()
-	o := opts()
-	o.BackoffPolicy = func(error, int) time.Duration { return 100 * time.Millisecond }
-	s := newSource(t, up, st, o)
-	other := newSource(t, up, st, o)
-	ctx := context.Background()
-	_, err := s.Token(ctx)
-	if !errors.Is(err, quota) {
-		t.Fatalf("Token error = %v, want one wrapping %v", err, quota)
-	}
-	if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
-		t.Errorf("store after a failed fetch: %v, want ErrNotFound", err)
-	}
-	// Every instance backs off: no fetch until the shared wait is over.
-	for _, src := range []*token.Source{s, other} {
-		var be *token.BackoffError
-		if _, err := src.Token(ctx); !errors.As(err, &be) || !errors.Is(err, token.ErrUpstreamBackoff) || be.Class != token.ClassTemporary {
-			t.Errorf("Token during the backoff: %v", err)
+	synctest.Test(t, func(t *testing.T) {
+		const backoff = 100 * time.Millisecond
+		up := tokentest.New(time.Hour)
+		quota := errors.New("quota exceeded")
+		up.FailNext(quota)
+		st := tokentest.NewStore()
+		o := opts()
+		o.BackoffPolicy = func(error, int) time.Duration { return backoff }
+		s := newSource(t, up, st, o)
+		other := newSource(t, up, st, o)
+		ctx := context.Background()
+		_, err := s.Token(ctx)
+		if !errors.Is(err, quota) {
+			t.Fatalf("Token error = %v, want one wrapping %v", err, quota)
 		}
-	}
-	if up.Calls() != 1 {
-		t.Errorf("upstream calls during the backoff: %d, want 1", up.Calls())
-	}
-	time.Sleep(100 * time.Millisecond) // the backoff's length, on purpose
-	tok, err := s.Token(ctx)
-	if err != nil || !up.Valid(tok.Value) {
-		t.Fatalf("Token after recovery = %v, %v", tok, err)
-	}
+		if _, err := st.Load(ctx); !errors.Is(err, token.ErrNotFound) {
+			t.Errorf("store after a failed fetch: %v, want ErrNotFound", err)
+		}
+		// Every instance backs off: no fetch until the shared wait is over.
+		time.Sleep(backoff - time.Millisecond)
+		for _, src := range []*token.Source{s, other} {
+			var be *token.BackoffError
+			if _, err := src.Token(ctx); !errors.As(err, &be) || !errors.Is(err, token.ErrUpstreamBackoff) || be.Class != token.ClassTemporary || be.Remaining != time.Millisecond {
+				t.Errorf("Token 1ms before the backoff ends: %v", err)
+			}
+		}
+		if up.Calls() != 1 {
+			t.Errorf("upstream calls during the backoff: %d, want 1", up.Calls())
+		}
+		time.Sleep(time.Millisecond) // the backoff is over
+		tok, err := s.Token(ctx)
+		if err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("Token after recovery = %v, %v", tok, err)
+		}
+	})
 }
 
 func TestBadFetcherResult(t *testing.T) {
@@ -220,66 +204,69 @@ func TestBadFetcherResult(t *testing.T) {
 	}
 }
 
-// TestRefreshAheadDoesNotWait: a caller that still has a valid token gets it
-// at once while the refresh runs, even if the upstream hangs.
+// TestRefreshAheadDoesNotWait: the refresh starts when the token enters its
+// refresh-ahead window, not before, and a caller that still has a valid token
+// gets it at once while the refresh runs, even if the upstream hangs. In a
+// synctest bubble "at once" is exact: no time passes during the call.
 func TestRefreshAheadDoesNotWait(t *testing.T) {
-	const lifetime = 400 * time.Millisecond
-	up := tokentest.New(lifetime)
-	st := tokentest.NewStore()
-	o := opts()
-	o.RefreshAhead = 0.5
-	s := newSource(t, up, st, o)
-	ctx := context.Background()
-	first, err := s.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entered, release := up.Hold()
-	defer release()
-	// Poll until the refresh-ahead deadline passes and a refresh starts.
-	var got token.Token
-	for deadline := time.Now().Add(lifetime); ; {
-		got, err = s.Token(ctx)
+	synctest.Test(t, func(t *testing.T) {
+		const lifetime = 400 * time.Millisecond
+		up := tokentest.New(lifetime)
+		st := tokentest.NewStore()
+		o := opts()
+		o.RefreshAhead = 0.5 // the window opens at lifetime/2
+		s := newSource(t, up, st, o)
+		ctx := context.Background()
+		first, err := s.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
+		entered, release := up.Hold()
+		defer release()
+		at := func(when string) {
+			t.Helper()
+			start := time.Now()
+			got, err := s.Token(ctx)
+			if err != nil || got.Value != first.Value {
+				t.Fatalf("Token %s = %v, %v; want %v", when, got, err, first)
+			}
+			if waited := time.Since(start); waited != 0 {
+				t.Errorf("Token %s waited %v", when, waited)
+			}
+			synctest.Wait()
+		}
+		time.Sleep(lifetime/2 - time.Millisecond)
+		at("just before the window")
+		if len(entered) != 0 || up.Calls() != 1 {
+			t.Fatalf("a refresh started before the window: %d upstream calls", up.Calls())
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait() // the window opens
+		at("as the window opens")
 		select {
 		case <-entered:
 		default:
-			if time.Now().After(deadline) {
-				t.Fatal("no refresh started before the token expired")
-			}
-			time.Sleep(time.Millisecond) // polling a clock-driven state
-			continue
+			t.Fatal("no refresh started in the window")
 		}
-		break
-	}
-	// The fetch is now blocked; callers still get the old token at once.
-	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if got, err = s.Token(cctx); err != nil || got.Value != first.Value {
-		t.Fatalf("Token during refresh = %v, %v; want %v", got, err, first)
-	}
-	release()
-	for got.Value == first.Value {
-		if got, err = s.Token(ctx); err != nil {
-			t.Fatal(err)
+		// The fetch is now blocked; callers still get the old token at once.
+		time.Sleep(lifetime / 4)
+		at("during the refresh")
+		release()
+		synctest.Wait()
+		got, err := s.Token(ctx)
+		if err != nil || got.Value == first.Value || !up.Valid(got.Value) {
+			t.Errorf("Token after the refresh = %v, %v; want a new valid token", got, err)
 		}
-		runtime.Gosched()
-	}
-	if !up.Valid(got.Value) {
-		t.Errorf("new token %v is not valid", got)
-	}
+		if up.Calls() != 2 {
+			t.Errorf("upstream calls = %d, want 2", up.Calls())
+		}
+	})
 }
 
 func TestWaiterHonoursContext(t *testing.T) {
 	up := tokentest.New(time.Hour)
 	st := tokentest.NewStore()
-	other, err := st.TryLock(context.Background()) // another instance is refreshing
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Release(context.Background())
+	lockedElsewhere(t, st) // another instance is refreshing
 	s := newSource(t, up, st, opts())
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error)
@@ -299,12 +286,12 @@ func TestWaiterHonoursContext(t *testing.T) {
 		_, err := s.Token(context.Background())
 		errc <- err
 	}()
-	v, _ := st.NextVersion(context.Background())
-	if err := st.Save(context.Background(), token.Shared{Value: "0123456789abcdef", Version: v, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
+	saved := scenario.Save(t, st, "0123456789abcdef")
 	if err := <-errc; err != nil {
 		t.Errorf("waiter: %v", err)
+	}
+	if tok, err := s.Token(context.Background()); err != nil || tok.Value != saved.Value {
+		t.Errorf("after the other instance's write: %v, %v", tok, err)
 	}
 }
 
@@ -355,26 +342,6 @@ func containsSecret(s, secret string) bool {
 	return false
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b = append(b.b, p...)
-	return len(p), nil
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.b)
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
-
 func BenchmarkTokenHot(b *testing.B) {
 	up := tokentest.New(time.Hour)
 	s := newSource(b, up, tokentest.NewStore(), opts())
@@ -401,129 +368,123 @@ func BenchmarkTokenHot(b *testing.B) {
 // store's Resync makes the Source read again instead of serving the replaced
 // token until its refresh-ahead window.
 func TestResyncRereads(t *testing.T) {
-	up := tokentest.New(time.Hour)
-	st := tokentest.NewStore()
-	s := newSource(t, up, st, opts())
-	ctx := context.Background()
-	old, err := s.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.SetSilent(true)
-	v, _ := st.NextVersion(ctx)
-	newer := token.Shared{Value: "newer-token-0123456789", Version: v, TTL: time.Hour, Lifetime: time.Hour}
-	if err := st.Save(ctx, newer); err != nil {
-		t.Fatal(err)
-	}
-	if tok, _ := s.Token(ctx); tok.Value != old.Value {
-		t.Fatalf("the Source saw a write without a notification")
-	}
-	st.Notify(token.Event{Kind: token.Resync})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		tok, err := s.Token(ctx)
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.New(time.Hour)
+		st := tokentest.NewStore()
+		s := newSource(t, up, st, opts())
+		ctx := context.Background()
+		old, err := s.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tok.Value == newer.Value {
-			break
+		st.SetSilent(true)
+		newer := scenario.Save(t, st, "newer-token-0123456789")
+		if tok, _ := s.Token(ctx); tok.Value != old.Value {
+			t.Fatalf("the Source saw a write without a notification")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Resync did not make the Source read the newer token")
+		st.Notify(token.Event{Kind: token.Resync})
+		synctest.Wait() // the re-read runs in the background
+		if tok, err := s.Token(ctx); err != nil || tok.Value != newer.Value {
+			t.Fatalf("after Resync: %v, %v; want the newer token", tok, err)
 		}
-		runtime.Gosched() // the re-read runs in the background
-	}
-	if up.Calls() != 1 {
-		t.Errorf("upstream calls = %d, want 1", up.Calls())
-	}
+		if up.Calls() != 1 {
+			t.Errorf("upstream calls = %d, want 1", up.Calls())
+		}
+	})
 }
 
 // TestFetchReason: the Fetcher learns why it is called, on the instance that
 // invalidated and on another one that refreshes after the invalidation.
 func TestFetchReason(t *testing.T) {
-	const lifetime = 300 * time.Millisecond
-	up := tokentest.New(lifetime)
-	var mu sync.Mutex
-	var reasons []token.Reason
-	f := token.FetcherFunc(func(ctx context.Context) (token.Token, error) {
-		mu.Lock()
-		reasons = append(reasons, token.FetchReason(ctx))
-		mu.Unlock()
-		return up.Fetch(ctx)
-	})
-	st := tokentest.NewStore()
-	a := newSource(t, f, st, opts())
-	b := newSource(t, f, st, opts())
-	ctx := context.Background()
-	first, err := a.Token(ctx) // missing
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Invalidate(ctx, first.Value); err != nil { // invalidated
-		t.Fatal(err)
-	}
-	second, err := b.Token(ctx)
-	if err != nil || second.Value == first.Value {
-		t.Fatalf("Token after Invalidate = %v, %v", second, err)
-	}
-	// Wait for a routine refresh (expiring).
-	for up.Issued() < 3 {
+	synctest.Test(t, func(t *testing.T) {
+		const lifetime = 300 * time.Millisecond
+		up := tokentest.New(lifetime)
+		var mu sync.Mutex
+		var reasons []token.Reason
+		f := token.FetcherFunc(func(ctx context.Context) (token.Token, error) {
+			mu.Lock()
+			reasons = append(reasons, token.FetchReason(ctx))
+			mu.Unlock()
+			return up.Fetch(ctx)
+		})
+		st := tokentest.NewStore()
+		a := newSource(t, f, st, opts())
+		b := newSource(t, f, st, opts())
+		ctx := context.Background()
+		first, err := a.Token(ctx) // missing
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Invalidate(ctx, first.Value); err != nil { // invalidated
+			t.Fatal(err)
+		}
+		second, err := b.Token(ctx)
+		if err != nil || second.Value == first.Value {
+			t.Fatalf("Token after Invalidate = %v, %v", second, err)
+		}
+		// A routine refresh (expiring) once the token enters its window.
+		time.Sleep(lifetime * 8 / 10)
+		synctest.Wait()
 		if _, err := b.Token(ctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond) // callers at a steady pace
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	want := []token.Reason{token.ReasonMissing, token.ReasonInvalidated, token.ReasonExpiring}
-	if !slices.Equal(reasons[:3], want) {
-		t.Errorf("reasons = %v, want %v", reasons, want)
-	}
-	if token.FetchReason(ctx) != 0 {
-		t.Error("FetchReason of a plain context is not 0")
-	}
+		synctest.Wait()
+		if n := up.Issued(); n != 3 {
+			t.Fatalf("upstream issued %d, want 3", n)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		want := []token.Reason{token.ReasonMissing, token.ReasonInvalidated, token.ReasonExpiring}
+		if !slices.Equal(reasons, want) {
+			t.Errorf("reasons = %v, want %v", reasons, want)
+		}
+		if token.FetchReason(ctx) != 0 {
+			t.Error("FetchReason of a plain context is not 0")
+		}
+	})
 }
 
 // TestCloseWakesWaiters: a caller waiting for another instance's refresh gets
 // ErrClosed when the Source closes, not a context error of its own.
 func TestCloseWakesWaiters(t *testing.T) {
-	st := tokentest.NewStore()
-	other, err := st.TryLock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Release(context.Background())
-	s := newSource(t, tokentest.New(time.Hour), st, opts())
-	errc := make(chan error)
-	go func() {
-		_, err := s.Token(context.Background())
-		errc <- err
-	}()
-	for st.Loads() == 0 {
-		runtime.Gosched() // until the waiter's refresh has read the store
-	}
-	_ = s.Close()
-	if err := <-errc; !errors.Is(err, token.ErrClosed) || errors.Is(err, context.Canceled) {
-		t.Errorf("waiter got %v, want ErrClosed", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		st := tokentest.NewStore()
+		lockedElsewhere(t, st) // another instance is refreshing
+		s := newSource(t, tokentest.New(time.Hour), st, opts())
+		errc := make(chan error)
+		go func() {
+			_, err := s.Token(context.Background())
+			errc <- err
+		}()
+		synctest.Wait() // the waiter has read the store and waits
+		if st.Loads() == 0 {
+			t.Fatal("the waiter never read the store")
+		}
+		_ = s.Close()
+		if err := <-errc; !errors.Is(err, token.ErrClosed) || errors.Is(err, context.Canceled) {
+			t.Errorf("waiter got %v, want ErrClosed", err)
+		}
+	})
 }
 
 // TestWaitTimeout: a refresh that waits longer than WaitTimeout fails with
 // ErrRefreshTimeout, which callers can tell from their own deadline.
 func TestWaitTimeout(t *testing.T) {
-	st := tokentest.NewStore()
-	other, err := st.TryLock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Release(context.Background())
-	o := opts()
-	o.WaitTimeout = 50 * time.Millisecond
-	s := newSource(t, tokentest.New(time.Hour), st, o)
-	_, err = s.Token(context.Background())
-	if !errors.Is(err, token.ErrRefreshTimeout) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("err = %v, want ErrRefreshTimeout and DeadlineExceeded", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		st := tokentest.NewStore()
+		lockedElsewhere(t, st) // another instance is refreshing
+		o := opts()
+		o.WaitTimeout = 50 * time.Millisecond
+		s := newSource(t, tokentest.New(time.Hour), st, o)
+		start := time.Now()
+		_, err := s.Token(context.Background())
+		if !errors.Is(err, token.ErrRefreshTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("err = %v, want ErrRefreshTimeout and DeadlineExceeded", err)
+		}
+		if waited := time.Since(start); waited != o.WaitTimeout {
+			t.Errorf("waited %v, want WaitTimeout (%v)", waited, o.WaitTimeout)
+		}
+	})
 }
 
 // TestStoreDown: with the store down, a Source with no token returns
@@ -545,42 +506,38 @@ func TestStoreDown(t *testing.T) {
 		}
 	})
 	t.Run("FetchWhenStoreDown", func(t *testing.T) {
-		up := tokentest.New(time.Hour)
-		up.Grace = time.Hour // both directly fetched tokens stay valid
-		st := tokentest.NewStore()
-		st.SetDown(true)
-		o := opts()
-		o.FetchWhenStoreDown = true
-		a, b := newSource(t, up, st, o), newSource(t, up, st, o)
-		ta, err := a.Token(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tb, err := b.Token(ctx)
-		if err != nil || tb.Value == ta.Value {
-			t.Fatalf("b = %v, %v", tb, err)
-		}
-		if up.Calls() != 2 {
-			t.Errorf("%d upstream calls, want one per instance", up.Calls())
-		}
-		st.SetDown(false)
-		st.Notify(token.Event{Kind: token.Resync}) // the subscription comes back
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		synctest.Test(t, func(t *testing.T) {
+			up := tokentest.New(time.Hour)
+			up.Grace = time.Hour // both directly fetched tokens stay valid
+			st := tokentest.NewStore()
+			st.SetDown(true)
+			o := opts()
+			o.FetchWhenStoreDown = true
+			a, b := newSource(t, up, st, o), newSource(t, up, st, o)
+			ta, err := a.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb, err := b.Token(ctx)
+			if err != nil || tb.Value == ta.Value {
+				t.Fatalf("b = %v, %v", tb, err)
+			}
+			if up.Calls() != 2 {
+				t.Errorf("%d upstream calls, want one per instance", up.Calls())
+			}
+			st.SetDown(false)
+			st.Notify(token.Event{Kind: token.Resync}) // the subscription comes back
+			synctest.Wait()                            // the reconciliation runs in the background
 			ta, _ = a.Token(ctx)
 			tb, _ = b.Token(ctx)
 			sh, err := st.Load(ctx)
-			if err == nil && ta.Value == tb.Value && sh.Value == ta.Value {
-				break
-			}
-			if time.Now().After(deadline) {
+			if err != nil || ta.Value != tb.Value || sh.Value != ta.Value {
 				t.Fatalf("no agreement: a %v, b %v, store %v (%v)", ta, tb, token.Token{Value: sh.Value}, err)
 			}
-			runtime.Gosched() // the reconciliation runs in the background
-		}
-		if up.Calls() != 2 {
-			t.Errorf("%d upstream calls, want 2: reconciling must not fetch", up.Calls())
-		}
+			if up.Calls() != 2 {
+				t.Errorf("%d upstream calls, want 2: reconciling must not fetch", up.Calls())
+			}
+		})
 	})
 }
 
@@ -591,17 +548,20 @@ func TestStoreDownEdges(t *testing.T) {
 	o.FetchWhenStoreDown = true
 
 	t.Run("a failing upstream is backed off", func(t *testing.T) {
-		up := tokentest.New(time.Hour)
-		up.FailNext(nil, nil, nil, nil, nil, nil, nil, nil, nil, nil)
-		st := tokentest.NewStore()
-		st.SetDown(true)
-		s := newSource(t, up, st, o)
-		for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
-			_, _ = s.Token(ctx)
-		}
-		if n := up.Calls(); n > 2 {
-			t.Errorf("%d upstream calls in 200ms from one Source", n)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			up := tokentest.New(time.Hour)
+			up.FailNext(nil, nil, nil, nil, nil, nil, nil, nil, nil, nil)
+			st := tokentest.NewStore()
+			st.SetDown(true)
+			s := newSource(t, up, st, o)
+			// A caller every millisecond for 200ms.
+			for start := time.Now(); time.Since(start) < 200*time.Millisecond; time.Sleep(time.Millisecond) {
+				_, _ = s.Token(ctx)
+			}
+			if n := up.Calls(); n > 2 {
+				t.Errorf("%d upstream calls in 200ms from one Source", n)
+			}
+		})
 	})
 	t.Run("an invalidated direct token is never shared", func(t *testing.T) {
 		up := tokentest.New(time.Hour)
@@ -625,35 +585,35 @@ func TestStoreDownEdges(t *testing.T) {
 		}
 	})
 	t.Run("a valid token is kept during an outage", func(t *testing.T) {
-		up := tokentest.New(400 * time.Millisecond)
-		st := tokentest.NewStore()
-		oo := o
-		oo.RefreshAhead = 0.5
-		s := newSource(t, up, st, oo)
-		first, err := s.Token(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st.SetDown(true)
-		for time.Until(first.ExpiresAt) > 50*time.Millisecond {
-			if tok, err := s.Token(ctx); err != nil || tok.Value != first.Value {
-				t.Fatalf("Token = %v, %v", tok, err)
+		synctest.Test(t, func(t *testing.T) {
+			up := tokentest.New(400 * time.Millisecond)
+			st := tokentest.NewStore()
+			oo := o
+			oo.RefreshAhead = 0.5
+			s := newSource(t, up, st, oo)
+			first, err := s.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
 			}
-			time.Sleep(5 * time.Millisecond) // callers over time
-		}
-		if up.Calls() != 1 {
-			t.Errorf("%d upstream calls while a valid token was held", up.Calls())
-		}
+			st.SetDown(true)
+			// A caller every 5ms until just before the token expires.
+			for ; time.Until(first.ExpiresAt) > 5*time.Millisecond; time.Sleep(5 * time.Millisecond) {
+				if tok, err := s.Token(ctx); err != nil || tok.Value != first.Value {
+					t.Fatalf("Token = %v, %v", tok, err)
+				}
+			}
+			if up.Calls() != 1 {
+				t.Errorf("%d upstream calls while a valid token was held", up.Calls())
+			}
+		})
 	})
 }
 
-// TestBackoffEndsWithASave: an instance that knows of a backoff serves the
-// token another instance saved, without waiting for the backoff to end.
-func TestBackoffEndsWithASave(t *testing.T) {
+// backingOff returns a Source of st whose fetch from up failed, and which now
+// answers with the minute-long shared backoff.
+func backingOff(t *testing.T, up *tokentest.Upstream, st *tokentest.Store) *token.Source {
+	t.Helper()
 	ctx := context.Background()
-	up := tokentest.New(time.Hour)
-	up.FailNext(nil)
-	st := tokentest.NewStore()
 	o := opts()
 	o.BackoffPolicy = func(error, int) time.Duration { return time.Minute }
 	s := newSource(t, up, st, o)
@@ -661,13 +621,20 @@ func TestBackoffEndsWithASave(t *testing.T) {
 		t.Fatal("the failing fetch succeeded")
 	}
 	if _, err := s.Token(ctx); !errors.Is(err, token.ErrUpstreamBackoff) {
-		t.Fatalf("during the backoff: %v", err)
+		t.Fatalf("during the backoff: %v, want ErrUpstreamBackoff", err)
 	}
-	v, _ := st.NextVersion(ctx)
-	if err := st.Save(ctx, token.Shared{Value: "saved-elsewhere-0123", Version: v, TTL: time.Hour, Lifetime: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	if tok, err := s.Token(ctx); err != nil || tok.Value != "saved-elsewhere-0123" {
+	return s
+}
+
+// TestBackoffEndsWithASave: an instance that knows of a backoff serves the
+// token another instance saved, without waiting for the backoff to end.
+func TestBackoffEndsWithASave(t *testing.T) {
+	up := tokentest.New(time.Hour)
+	up.FailNext(nil)
+	st := tokentest.NewStore()
+	s := backingOff(t, up, st)
+	saved := scenario.Save(t, st, "saved-elsewhere-0123")
+	if tok, err := s.Token(context.Background()); err != nil || tok.Value != saved.Value {
 		t.Errorf("after another instance's save: %v, %v", tok, err)
 	}
 }
