@@ -46,12 +46,13 @@ func TestQuietServiceNeverWaits(t *testing.T) {
 }
 
 // TestIdleCredentialsFetchNothing: 1,000 credentials, each used once, then
-// idle for 3 lifetimes. The refresh ahead that follows the last use (it was
-// within the lifetime) may fetch once per credential; after a whole idle
-// lifetime nothing is fetched.
+// idle for 3 lifetimes, default Options. The refresh ahead that follows the
+// last use (it was within the lifetime) fetches once per credential; after
+// that idle lifetime, nothing is fetched. The lifetime, 10 s, makes the
+// default refresh-ahead window 20% of it, as for any token of 5 s or more.
 func TestIdleCredentialsFetchNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const lifetime = 2 * time.Second
+		const lifetime = 10 * time.Second
 		const n = 1000
 		up := tokentest.New(lifetime)
 		ctx := context.Background()
