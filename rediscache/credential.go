@@ -400,6 +400,11 @@ func (c *Credential) TryLock(ctx context.Context) (token.Held, error) {
 	}
 	switch {
 	case errors.Is(err, lock.ErrNotObtained):
+		// How long the holder has left, so that waiters wake as it
+		// expires; bounded, as anything read from Redis.
+		if pttl, perr := c.s.rdb.PTTL(ctx, c.lock).Result(); perr == nil && pttl > 0 && pttl <= c.s.opts.LockTTL {
+			return nil, &token.LockedError{Remaining: pttl}
+		}
 		return nil, token.ErrLocked
 	case err != nil:
 		return nil, fmt.Errorf("rediscache: lock %s: %w", c.name, err)

@@ -55,7 +55,7 @@ func (s *Source) onEvent(ev Event) {
 		// token installed from now on after a poll interval.
 		s.near.deaf.Store(true)
 		if e != nil {
-			e.state.CompareAndSwap(stateFresh, stateAhead)
+			e.stale()
 		}
 		return
 	case Resync:

@@ -8,11 +8,17 @@ import (
 	"time"
 )
 
-// Entry states. An entry is fresh until its refresh-ahead deadline, then
-// ahead (valid, refresh wanted) until it expires; superseded means another
-// instance announced a newer token or the token was invalidated.
+// Entry states. An entry is fresh or idle until its refresh-ahead
+// deadline, then ahead (valid, refresh wanted) until it expires; superseded
+// means another instance announced a newer token or the token was
+// invalidated. Only a fresh entry is served by the hot path: the first call
+// that finds an entry idle takes the slow path once and makes it fresh,
+// which is how a Source learns, at no cost to the hot path, that its token
+// is in use. The entry's timer makes it idle again at the probe point, one
+// refresh-ahead window before the deadline (see onTimer).
 const (
-	stateFresh int32 = iota
+	stateFresh int32 = iota // fresh, and used in the current phase
+	stateIdle               // fresh, not used in the current phase
 	stateAhead
 	stateSuperseded
 )
@@ -45,10 +51,63 @@ type entry struct {
 	deadline time.Time // expiry on the monotonic clock
 	state    atomic.Int32
 	bad      atomic.Bool // reported invalid (Invalidate)
-	timer    *time.Timer
+	// staleAt is when the hot path stops serving the entry: aheadAt, or
+	// earlier when it must be re-read after a poll interval. aheadAt is its
+	// refresh-ahead deadline, and window the length of that window. All
+	// three are written once, in install.
+	staleAt, aheadAt time.Time
+	window           time.Duration
+	// phase is when the current use phase began (install, then the probe);
+	// used is when the latest phase known to hold a use began, or a use
+	// itself in the ahead state; zero if none. Unix ns.
+	phase, used atomic.Int64
+	timer       *time.Timer
 }
 
 func (e *entry) valid() bool { return e != nil && time.Now().Before(e.deadline) }
+
+// markUsed records that a caller was handed e.
+func (e *entry) markUsed() {
+	if !e.state.CompareAndSwap(stateIdle, stateFresh) && e.state.Load() == stateAhead {
+		e.used.Store(time.Now().UnixNano())
+	}
+}
+
+// lastUse is when the latest phase known to hold a use began (zero if none).
+func (e *entry) lastUse() int64 {
+	if e.state.Load() == stateFresh {
+		return max(e.used.Load(), e.phase.Load())
+	}
+	return e.used.Load()
+}
+
+// endPhase ends the current use phase at now, moving a fresh or idle entry
+// to next (idle or ahead). It reports false if e was superseded.
+func (e *entry) endPhase(next int32, now time.Time) bool {
+	for {
+		switch st := e.state.Load(); st {
+		case stateSuperseded:
+			return false
+		case stateAhead:
+			return true
+		case stateFresh, stateIdle:
+			if !e.state.CompareAndSwap(st, next) {
+				continue
+			}
+			if st == stateFresh {
+				e.used.Store(e.phase.Load())
+			}
+			e.phase.Store(now.UnixNano())
+			return true
+		}
+	}
+}
+
+// stale stops the hot path from serving e: callers re-read or refresh.
+func (e *entry) stale() {
+	e.state.CompareAndSwap(stateFresh, stateAhead)
+	e.state.CompareAndSwap(stateIdle, stateAhead)
+}
 
 // alive reports whether e was not invalidated, given the highest invalidated
 // version. Version 0 (fetched without the store) has no version to compare:
@@ -87,10 +146,22 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 		recheck = s.opts.PollInterval
 	}
 	s.near.lifetime.Store(int64(sh.Lifetime))
+	now := time.Now()
 	e := &entry{
 		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
 		version:  sh.Version,
-		deadline: time.Now().Add(sh.TTL),
+		deadline: now.Add(sh.TTL),
+		window:   s.opts.window(sh.Lifetime),
+	}
+	e.aheadAt = e.deadline.Add(-e.window)
+	e.staleAt = e.aheadAt
+	if recheck > 0 {
+		e.staleAt = now.Add(min(recheck, sh.TTL/2))
+	}
+	e.state.Store(stateIdle)
+	e.phase.Store(now.UnixNano())
+	if old := s.near.cur.Load(); old != nil {
+		e.used.Store(old.lastUse()) // a use of the token this one replaces counts
 	}
 	if s.life.ctx.Err() != nil {
 		// Closed: a refresh that outlived Close must not near-cache
@@ -98,22 +169,60 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 		e.state.Store(stateSuperseded)
 		return e
 	}
-	staleIn := sh.TTL - s.opts.window(sh.Lifetime)
-	if recheck > 0 {
-		staleIn = min(recheck, sh.TTL/2)
-	}
-	if staleIn <= 0 {
+	if !e.staleAt.After(now) {
 		e.state.Store(stateAhead)
-	} else {
-		e.timer = time.AfterFunc(staleIn, func() { e.state.CompareAndSwap(stateFresh, stateAhead) })
 	}
+	e.timer = time.AfterFunc(e.nextTimer(now), func() { s.onTimer(e) })
 	if old := s.near.cur.Swap(e); old != nil && old.timer != nil {
 		old.timer.Stop()
 	}
 	if s.near.deaf.Load() && recheck == 0 {
 		// Unsubscribed arrived after the check above: onEvent may have
 		// flipped the previous entry instead of this one.
-		e.state.CompareAndSwap(stateFresh, stateAhead)
+		e.stale()
 	}
 	return e
+}
+
+// nextTimer is when e's timer must fire next after now: at the probe point
+// (one window before the refresh-ahead deadline), when the entry turns
+// stale, and at the refresh-ahead deadline.
+func (e *entry) nextTimer(now time.Time) time.Duration {
+	probe := e.aheadAt.Add(-e.window)
+	switch {
+	case probe.After(now) && probe.Before(e.staleAt):
+		return probe.Sub(now)
+	case e.staleAt.After(now):
+		return e.staleAt.Sub(now)
+	case e.aheadAt.After(now):
+		return e.aheadAt.Sub(now)
+	}
+	return 0
+}
+
+// onTimer ends a use phase of the current entry at its probe point, turns
+// it stale when due, and at its refresh-ahead deadline refreshes it without
+// a caller if it was used within its last lifetime (plus one window): a
+// quiet service never waits for a fetch, and an idle credential fetches
+// nothing.
+func (s *Source) onTimer(e *entry) {
+	if s.near.cur.Load() != e {
+		return
+	}
+	now := time.Now()
+	next := stateIdle
+	if !now.Before(e.staleAt) {
+		next = stateAhead
+	}
+	if !e.endPhase(next, now) {
+		return
+	}
+	if now.Before(e.aheadAt) {
+		e.timer.Reset(e.nextTimer(now))
+		return
+	}
+	lifetime := time.Duration(s.near.lifetime.Load())
+	if used := e.used.Load(); used != 0 && now.UnixNano()-used <= int64(lifetime+e.window) && s.gate.mayRetry() {
+		s.refresh()
+	}
 }

@@ -51,14 +51,14 @@ func (s *Source) run(ctx context.Context) (*entry, error) {
 			}
 			continue // invalidated meanwhile
 		}
-		e, next, err := s.attempt(ctx, r)
-		switch next {
+		o := s.attempt(ctx, r)
+		switch o.next {
 		case stepDone:
-			return e, err
+			return o.e, o.err
 		case stepAgain:
 			continue
 		}
-		timer.Reset(s.opts.PollInterval)
+		timer.Reset(o.wait)
 		select {
 		case <-wake:
 		case <-timer.C:
@@ -74,12 +74,25 @@ type step int
 const (
 	stepDone  step = iota // return the entry or the error
 	stepAgain             // read the store again at once
-	stepWait              // wait for an event or a poll interval, then read again
+	stepWait              // wait for an event or outcome.wait, then read again
 )
+
+// outcome is what one attempt decided; run switches on next.
+type outcome struct {
+	next step
+	e    *entry
+	err  error
+	// wait bounds a stepWait: PollInterval, or the lock's remaining time to
+	// live if that is shorter, so that waiters wake as the lock of a
+	// refresher that died expires.
+	wait time.Duration
+}
+
+func done(e *entry, err error) outcome { return outcome{next: stepDone, e: e, err: err} }
 
 // attempt tries the lock after read r found no fresh token: it refreshes
 // under the lock, or serves r's token while another instance refreshes.
-func (s *Source) attempt(ctx context.Context, r read) (*entry, step, error) {
+func (s *Source) attempt(ctx context.Context, r read) outcome {
 	// The lock, and the fetch and save under it, are not bounded by the
 	// wait budget: a token the upstream has issued must not be dropped
 	// because waiting took long. FetchTimeout bounds them.
@@ -90,21 +103,25 @@ func (s *Source) attempt(ctx context.Context, r read) (*entry, step, error) {
 		return s.underLock(ctx, held)
 	case !errors.Is(err, ErrLocked):
 		if s.life.ctx.Err() != nil {
-			return nil, stepDone, ErrClosed
+			return done(nil, ErrClosed)
 		}
-		return nil, stepDone, s.storeErr("lock", true, err)
+		return done(nil, s.storeErr("lock", true, err))
 	}
 	s.storeUp(true) // a refused lock is a write the store answered
 	if !r.have {
-		return nil, stepWait, nil
+		wait := s.opts.PollInterval
+		if le := (*LockedError)(nil); errors.As(err, &le) && le.Remaining > 0 {
+			wait = min(wait, le.Remaining)
+		}
+		return outcome{next: stepWait, wait: wait}
 	}
 	// Another instance is refreshing and this token is still valid: serve
 	// it, and look again after a poll interval if no notification comes
 	// first.
 	if e := s.adopt(r.sh, s.opts.PollInterval); e != nil {
-		return e, stepDone, nil
+		return done(e, nil)
 	}
-	return nil, stepAgain, nil // invalidated meanwhile
+	return outcome{next: stepAgain} // invalidated meanwhile
 }
 
 // read is what load found.
@@ -165,7 +182,7 @@ func (s *Source) load(ctx context.Context) (read, error) {
 }
 
 // underLock refreshes while holding the lock, then releases it.
-func (s *Source) underLock(ctx context.Context, held Held) (*entry, step, error) {
+func (s *Source) underLock(ctx context.Context, held Held) outcome {
 	defer func() {
 		rctx, cancel := detached(ctx, time.Second)
 		defer cancel()
@@ -177,14 +194,14 @@ func (s *Source) underLock(ctx context.Context, held Held) (*entry, step, error)
 		// We lost the lock mid-refresh, so another instance may have
 		// taken over: read again and wait for it.
 		s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
-		return nil, stepAgain, nil
+		return outcome{next: stepAgain}
 	case e != nil || err != nil:
-		return e, stepDone, err
+		return done(e, err)
 	}
 	// The store holds its newest token, which this Source could not adopt
 	// because an event arrived meanwhile: wait for the next event or poll,
 	// never fetch over it.
-	return nil, stepWait, nil
+	return outcome{next: stepWait, wait: s.opts.PollInterval}
 }
 
 // refreshLocked fetches and saves a token while holding the lock, which

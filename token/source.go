@@ -99,8 +99,14 @@ func (s *Source) Token(ctx context.Context) (Token, error) {
 
 func (s *Source) slow(ctx context.Context) (Token, error) {
 	e := s.near.cur.Load()
+	if e != nil && e.state.Load() == stateIdle {
+		// The first call of a phase: record the use (see stateIdle).
+		e.markUsed()
+		return e.tok, nil
+	}
 	valid := e.valid()
 	if valid && e.state.Load() == stateAhead {
+		e.markUsed()
 		// Refresh in the background; nobody waits while a token is valid.
 		if s.gate.mayRetry() {
 			s.refresh()
@@ -126,6 +132,7 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		case <-c.done:
 			if c.err == nil {
 				if c.val != nil && c.val.alive(s.near.dead.Load()) {
+					c.val.markUsed()
 					return c.val.tok, nil
 				}
 				// Invalidated while that refresh ran: wait for the next.

@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -174,9 +175,27 @@ type SharedBackoff struct {
 // A Locker guards the refresh of one credential across instances.
 type Locker interface {
 	// TryLock obtains the lock without waiting. It returns an error wrapping
-	// ErrLocked if another holder has it.
+	// ErrLocked if another holder has it: a *LockedError if the store can
+	// tell how long the lock has left.
 	TryLock(ctx context.Context) (Held, error)
 }
+
+// LockedError is returned by TryLock when another holder has the lock. It
+// matches ErrLocked. Remaining lets waiters with no usable token look again
+// as the lock expires, which is when a refresher that died stops blocking
+// the others, rather than up to a poll interval later.
+type LockedError struct {
+	// Remaining is the lock's time to live, measured by the store.
+	Remaining time.Duration
+}
+
+// Error says that the lock is held, and for how long.
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("%v (expires in %v)", ErrLocked, e.Remaining)
+}
+
+// Unwrap returns ErrLocked.
+func (e *LockedError) Unwrap() error { return ErrLocked }
 
 // Held is an obtained lock, kept alive until released.
 type Held interface {
