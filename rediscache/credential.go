@@ -62,10 +62,10 @@ end
 // Credential is one credential's keys in a Cache. It implements token.Store
 // and token.Locker.
 type Credential struct {
-	s                           *Cache
-	name                        string
+	s                                  *Cache
+	name                               string
 	token, lock, fence, backoff, order string
-	lockChecked                 atomic.Int64 // unix ns of the last check for a broken lock
+	lockChecked                        atomic.Int64 // unix ns of the last check for a broken lock
 }
 
 var (
