@@ -59,8 +59,8 @@ local function fixfence(fk, tk)
 end
 `
 
-// Credential is one credential's keys in a Cache. It implements token.Store
-// and token.Locker.
+// Credential is one credential's keys in a Cache. It implements token.Store,
+// token.Locker and token.Offerer.
 type Credential struct {
 	s                                  *Cache
 	name                               string
