@@ -8,6 +8,7 @@
 //	{<prefix><name>}:lock           the refresh lock (package lock)
 //	{<prefix><name>}:fence          a hash: the last version issued, written and invalidated
 //	{<prefix><name>}:backoff        a hash: failed refreshes, and until when nobody fetches
+//	{<prefix><name>}:order          the issuer's order of the last pushed value, with its TTL
 //	{<prefix><name>}:limit:<action> a hash: a Limiter's count for the day
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
@@ -196,6 +197,7 @@ func (s *Cache) Credential(name string) (*Credential, error) {
 		lock:    tag + ":lock",
 		fence:   tag + ":fence",
 		backoff: tag + ":backoff",
+		order:   tag + ":order",
 	}, nil
 }
 

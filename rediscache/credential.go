@@ -59,18 +59,19 @@ local function fixfence(fk, tk)
 end
 `
 
-// Credential is one credential's keys in a Cache. It implements token.Store
-// and token.Locker.
+// Credential is one credential's keys in a Cache. It implements token.Store,
+// token.Locker and token.Offerer.
 type Credential struct {
-	s                           *Cache
-	name                        string
-	token, lock, fence, backoff string
-	lockChecked                 atomic.Int64 // unix ns of the last check for a broken lock
+	s                                  *Cache
+	name                               string
+	token, lock, fence, backoff, order string
+	lockChecked                        atomic.Int64 // unix ns of the last check for a broken lock
 }
 
 var (
-	_ token.Store  = (*Credential)(nil)
-	_ token.Locker = (*Credential)(nil)
+	_ token.Store   = (*Credential)(nil)
+	_ token.Locker  = (*Credential)(nil)
+	_ token.Offerer = (*Credential)(nil)
 )
 
 // loadScript reads the token, its remaining lifetime and the fence's
@@ -209,19 +210,75 @@ for i = 6, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[4]) end
 return 1
 `)
 
-// Save implements token.Store.
-func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
+// offerScript is saveScript for a pushed value: it first refuses an order
+// not greater than the stored one (-1), or more than ARGV[7] ahead of it
+// (-2), and records the order with the value's TTL. A stored order that is
+// not a plain integer is not ours and is ignored.
+var offerScript = redis.NewScript(luaPrelude + `
+local o = false
+if keytype(KEYS[4]) == 'string' then o = redis.call('GET', KEYS[4]) end
+if plainint(o) then
+  if tonumber(ARGV[6]) <= tonumber(o) then return -1 end
+  if tonumber(ARGV[7]) > 0 and tonumber(ARGV[6]) - tonumber(o) > tonumber(ARGV[7]) then return -2 end
+end
+fixfence(KEYS[2], KEYS[1])
+local written = tonumber(redis.call('HGET', KEYS[2], 'written') or '0')
+if tonumber(ARGV[1]) <= written then return 0 end
+redis.call('HSET', KEYS[2], 'written', ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'id', ARGV[5]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
+for i = 8, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[4]) end
+return 1
+`)
+
+// Offer implements token.Offerer.
+func (c *Credential) Offer(ctx context.Context, sh token.Shared, p token.Push) (bool, error) {
+	v, ttl, err := c.encode("offer", sh)
+	if err != nil {
+		return false, err
+	}
+	args, err := c.s.publishTo(ctx, []any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity), p.Order, max(p.MaxLead, 0)})
+	if err != nil {
+		return false, fmt.Errorf("rediscache: offer %s: %w", c.name, err)
+	}
+	res, err := offerScript.Run(ctx, c.s.rdb, []string{c.token, c.fence, c.backoff, c.order}, args...).Int()
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("rediscache: offer %s: %w", c.name, err)
+	case res == -1:
+		return false, nil
+	case res == -2:
+		return false, fmt.Errorf("rediscache: offer %s order %d: %w", c.name, p.Order, token.ErrPushTooFarAhead)
+	case res == 0:
+		return false, fmt.Errorf("rediscache: offer %s version %d: %w", c.name, sh.Version, token.ErrFenced)
+	}
+	return true, nil
+}
+
+// encode checks sh for a write (op) and lays it out as stored.
+func (c *Credential) encode(op string, sh token.Shared) (string, int64, error) {
 	// The decoder rejects absurd lifetimes; store a long-lived token as
 	// living MaxLifetime.
 	sh.TTL, sh.Lifetime = min(sh.TTL, MaxLifetime), min(sh.Lifetime, MaxLifetime)
 	ttl := sh.TTL.Milliseconds()
 	if ttl <= 0 || sh.Version <= 0 || sh.Value == "" {
-		return fmt.Errorf("rediscache: save %s: refusing %v with version %d and ttl %v", c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
+		return "", 0, fmt.Errorf("rediscache: %s %s: refusing %v with version %d and ttl %v", op, c.name, token.Token{Value: sh.Value}, sh.Version, sh.TTL)
 	}
 	v := c.s.codec.encode(c.name, sh)
 	if len(sh.Value) > token.MaxTokenLen || len(v) > maxValueLen {
 		// Loads would call it malformed, and every instance would fetch.
-		return fmt.Errorf("rediscache: save %s: %w: %d bytes", c.name, token.ErrTokenTooLarge, len(sh.Value))
+		return "", 0, fmt.Errorf("rediscache: %s %s: %w: %d bytes", op, c.name, token.ErrTokenTooLarge, len(sh.Value))
+	}
+	return v, ttl, nil
+}
+
+// Save implements token.Store.
+func (c *Credential) Save(ctx context.Context, sh token.Shared) error {
+	v, ttl, err := c.encode("save", sh)
+	if err != nil {
+		return err
 	}
 	args, err := c.s.publishTo(ctx, []any{sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity)})
 	if err != nil {
@@ -321,7 +378,7 @@ const maxBackoff = time.Hour
 func cleanClass(c string) string {
 	switch c {
 	case token.ClassTemporary, token.ClassPermanent, token.ClassTimeout, token.ClassInvalidToken,
-		token.ClassTooLarge, token.ClassTooManyFetches, token.ClassPanic:
+		token.ClassTooLarge, token.ClassTooManyFetches, token.ClassPanic, token.ClassNotPushed:
 		return c
 	}
 	return "unknown"

@@ -64,6 +64,7 @@ const (
 	ClassTooLarge       = "too_large"        // ErrTokenTooLarge
 	ClassTooManyFetches = "too_many_fetches" // ErrTooManyFetches
 	ClassPanic          = "panic"            // ErrFetcherPanic
+	ClassNotPushed      = "not_pushed"       // ErrNotPushed
 )
 
 // classSentinels maps the classes that have a sentinel error to it.
@@ -72,6 +73,7 @@ var classSentinels = map[string]error{
 	ClassTooLarge:       ErrTokenTooLarge,
 	ClassTooManyFetches: ErrTooManyFetches,
 	ClassPanic:          ErrFetcherPanic,
+	ClassNotPushed:      ErrNotPushed,
 }
 
 // Classify returns the class of a refresh error (one of the Class

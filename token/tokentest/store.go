@@ -30,6 +30,9 @@ type Store struct {
 	readOnly bool
 	calls    int
 	identity string // of the last token saved with one
+	// order is that of the last value offered, until orderExpires.
+	order        int64
+	orderExpires time.Time
 }
 
 // ErrDown is what a Store returns while SetDown(true) is in force.
@@ -186,14 +189,38 @@ func (s *Store) NextVersion(ctx context.Context) (int64, error) {
 
 // Save implements token.Store.
 func (s *Store) Save(ctx context.Context, sh token.Shared) error {
+	_, err := s.write(sh, nil)
+	return err
+}
+
+// Offer implements token.Offerer.
+func (s *Store) Offer(ctx context.Context, sh token.Shared, p token.Push) (bool, error) {
+	return s.write(sh, &p)
+}
+
+// write is Save, or Offer if p is set.
+func (s *Store) write(sh token.Shared, p *token.Push) (bool, error) {
 	s.count()
 	if err := s.writeErr(); err != nil {
-		return err
+		return false, err
 	}
 	s.mu.Lock()
+	if p != nil && time.Now().Before(s.orderExpires) {
+		switch {
+		case p.Order <= s.order:
+			s.mu.Unlock()
+			return false, nil
+		case p.MaxLead > 0 && p.Order-s.order > p.MaxLead:
+			s.mu.Unlock()
+			return false, token.ErrPushTooFarAhead
+		}
+	}
 	if sh.Version <= s.written {
 		s.mu.Unlock()
-		return token.ErrFenced
+		return false, token.ErrFenced
+	}
+	if p != nil {
+		s.order, s.orderExpires = p.Order, time.Now().Add(sh.TTL)
 	}
 	s.written = sh.Version
 	if sh.Identity != "" {
@@ -206,7 +233,7 @@ func (s *Store) Save(ctx context.Context, sh token.Shared) error {
 	for _, fn := range fns {
 		fn(token.Event{Kind: token.Refreshed, Version: sh.Version})
 	}
-	return nil
+	return true, nil
 }
 
 // Invalidate implements token.Store.
