@@ -51,6 +51,9 @@ func processOptions(p string, lockTTL time.Duration) rediscache.Options {
 }
 
 func childMain() int {
+	if os.Getenv(childEnv) == "push" {
+		return pushChild()
+	}
 	ctx := context.Background()
 	ttl, _ := strconv.Atoi(os.Getenv(childLockTTLMS))
 	o := processOptions(os.Getenv(childPrefix), time.Duration(ttl)*time.Millisecond)
