@@ -73,27 +73,30 @@ func (r *redisProcess) stop() {
 func TestProcessFaults(t *testing.T) {
 	realRedis(t) // runs with the real-Redis tests
 	ctx := context.Background()
+	restart := func(t *testing.T, r *redisProcess, admin *redis.Client) {
+		_ = admin.ShutdownNoSave(ctx).Err() // the connection drops: no reply
+		_ = r.cmd.Wait()
+		r.cmd = nil
+		r.start()
+	}
 	for _, fault := range []struct {
-		name   string
-		inject func(t *testing.T, r *redisProcess, admin *redis.Client)
+		name    string
+		inject  func(t *testing.T, r *redisProcess, admin *redis.Client)
+		lockTTL time.Duration // 0: default Options
 	}{
-		{"restart without data", func(t *testing.T, r *redisProcess, admin *redis.Client) {
-			_ = admin.ShutdownNoSave(ctx).Err() // the connection drops: no reply
-			_ = r.cmd.Wait()
-			r.cmd = nil
-			r.start()
-		}},
+		{"restart without data", restart, time.Second},
+		{"restart without data, default Options", restart, 0},
 		{"FLUSHALL", func(t *testing.T, r *redisProcess, admin *redis.Client) {
 			if err := admin.FlushAll(ctx).Err(); err != nil {
 				t.Fatal(err)
 			}
-		}},
+		}, time.Second},
 		{"pubsub connections killed", func(t *testing.T, r *redisProcess, admin *redis.Client) {
 			n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
 			if err != nil || n == 0 {
 				t.Fatalf("CLIENT KILL TYPE pubsub: %d, %v", n, err)
 			}
-		}},
+		}, time.Second},
 	} {
 		t.Run(fault.name, func(t *testing.T) {
 			r := startRedis(t)
@@ -106,7 +109,7 @@ func TestProcessFaults(t *testing.T) {
 			d := 7 * time.Second
 			start := time.Now()
 			var injected time.Time
-			reps := runChildren(t, ctx, 3, p, srv.URL, time.Second, func() {
+			reps := runChildren(t, ctx, 3, p, srv.URL, fault.lockTTL, func() {
 				time.Sleep(lifetime + lifetime/4) // into the second token's life, on purpose
 				injected = time.Now()
 				fault.inject(t, r, admin)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokencache/tokencache/internal/scenario"
 	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
 	"github.com/tokencache/tokencache/token/tokentest"
 )
 
@@ -44,7 +45,12 @@ type childReport struct {
 	FirstSeen map[string]int64
 }
 
+// processOptions are the test options with lockTTL, or the defaults (with
+// prefix p and a quiet logger) if lockTTL is 0.
 func processOptions(p string, lockTTL time.Duration) rediscache.Options {
+	if lockTTL == 0 {
+		return rediscache.Options{Prefix: p, Source: token.Options{Logger: quiet}}
+	}
 	o := testOptions(p)
 	o.LockTTL = lockTTL
 	return o
