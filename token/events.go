@@ -64,7 +64,7 @@ func (s *Source) onEvent(ev Event) {
 		return
 	}
 	if e != nil && ev.Kind != Resync {
-		e.state.Store(stateSuperseded)
+		e.supersede()
 	}
 	if ev.Kind == Refreshed {
 		// A token was saved: whatever backoff or store failure this

@@ -81,3 +81,15 @@ func (f *flight[T]) close() {
 }
 
 func (f *flight[T]) wait() { f.wg.Wait() }
+
+// closeIdle closes f if no call runs, and reports whether it did: a Map
+// evicts a Source only then, so that eviction never cuts a fetch short.
+func (f *flight[T]) closeIdle() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur != nil {
+		return false
+	}
+	f.closed = true
+	return true
+}

@@ -105,8 +105,19 @@ func (e *entry) endPhase(next int32, now time.Time) bool {
 
 // stale stops the hot path from serving e: callers re-read or refresh.
 func (e *entry) stale() {
-	e.state.CompareAndSwap(stateFresh, stateAhead)
+	if e.state.CompareAndSwap(stateFresh, stateAhead) {
+		raise(&e.used, e.phase.Load()) // the phase held a use: keep it (lastUse)
+	}
 	e.state.CompareAndSwap(stateIdle, stateAhead)
+}
+
+// supersede marks e superseded: a newer token was announced, or e was
+// invalidated. A use of its current phase is kept, so that lastUse, and
+// the entry that replaces e, still count it.
+func (e *entry) supersede() {
+	if e.state.Swap(stateSuperseded) == stateFresh {
+		raise(&e.used, e.phase.Load())
+	}
 }
 
 // alive reports whether e was not invalidated, given the highest invalidated
@@ -221,8 +232,17 @@ func (s *Source) onTimer(e *entry) {
 		e.timer.Reset(e.nextTimer(now))
 		return
 	}
-	lifetime := time.Duration(s.near.lifetime.Load())
-	if used := e.used.Load(); used != 0 && now.UnixNano()-used <= int64(lifetime+e.window) && s.gate.mayRetry() {
+	if s.usedWithinLifetime(e.used.Load(), e.window, now) && s.gate.mayRetry() {
 		s.refresh()
 	}
+}
+
+// usedWithinLifetime is the quiet-service rule, the one definition of
+// "idle": a credential last used (unix ns, 0 if never) within one token
+// lifetime plus one refresh-ahead window before now is in use, and onTimer
+// refreshes it ahead of expiry without a caller. One idle for longer is not
+// refreshed, and a Map may evict it (Source.idle).
+func (s *Source) usedWithinLifetime(used int64, window time.Duration, now time.Time) bool {
+	lifetime := time.Duration(s.near.lifetime.Load())
+	return used != 0 && now.UnixNano()-used <= int64(lifetime+window)
 }

@@ -5,7 +5,8 @@
 // A Source keeps the token in memory, reads and writes it through a shared
 // [Store], and lets exactly one instance refresh it under a [Locker]. The
 // package knows nothing about Redis; package rediscache provides the Store and
-// Locker most users want.
+// Locker most users want. A [Map] holds many credentials, one Source per key,
+// made on first use and evicted when idle (map.go).
 //
 // # How a Source works
 //
