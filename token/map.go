@@ -349,8 +349,8 @@ func (s *Source) idle(now time.Time) bool {
 	if used == 0 {
 		return true
 	}
-	latest := used + int64(time.Duration(s.near.lifetime.Load())-e.window)
-	return !s.usedWithinLifetime(latest, e.window, now)
+	latest := used + int64(time.Duration(s.near.lifetime.Load())-e.at.window)
+	return !s.usedWithinLifetime(latest, e.at.window, now)
 }
 
 // start runs the sweeper goroutine if none runs and the Map is open.

@@ -43,6 +43,15 @@ type nearCache struct {
 	lifetime atomic.Int64
 }
 
+// schedule is when an entry's timer acts.
+type schedule struct {
+	// staleAt is when the hot path stops serving the entry: aheadAt, or
+	// earlier when it must be re-read after a poll interval. aheadAt is its
+	// refresh-ahead deadline, and window the length of that window.
+	staleAt, aheadAt time.Time
+	window           time.Duration
+}
+
 // entry is the near-cached token. Its state is flipped by a timer, so that
 // the hot path reads no clock.
 type entry struct {
@@ -51,12 +60,7 @@ type entry struct {
 	deadline time.Time // expiry on the monotonic clock
 	state    atomic.Int32
 	bad      atomic.Bool // reported invalid (Invalidate)
-	// staleAt is when the hot path stops serving the entry: aheadAt, or
-	// earlier when it must be re-read after a poll interval. aheadAt is its
-	// refresh-ahead deadline, and window the length of that window. All
-	// three are written once, in install.
-	staleAt, aheadAt time.Time
-	window           time.Duration
+	at       schedule    // written once, in install
 	// phase is when the current use phase began (install, then the probe);
 	// used is when the latest phase known to hold a use began, or a use
 	// itself in the ahead state; zero if none. Unix ns.
@@ -162,12 +166,12 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 		tok:      Token{Value: sh.Value, ExpiresAt: s.opts.Now().Add(sh.TTL)},
 		version:  sh.Version,
 		deadline: now.Add(sh.TTL),
-		window:   s.opts.window(sh.Lifetime),
+		at:       schedule{window: s.opts.window(sh.Lifetime)},
 	}
-	e.aheadAt = e.deadline.Add(-e.window)
-	e.staleAt = e.aheadAt
+	e.at.aheadAt = e.deadline.Add(-e.at.window)
+	e.at.staleAt = e.at.aheadAt
 	if recheck > 0 {
-		e.staleAt = now.Add(min(recheck, sh.TTL/2))
+		e.at.staleAt = now.Add(min(recheck, sh.TTL/2))
 	}
 	e.state.Store(stateIdle)
 	e.phase.Store(now.UnixNano())
@@ -180,7 +184,7 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 		e.state.Store(stateSuperseded)
 		return e
 	}
-	if !e.staleAt.After(now) {
+	if !e.at.staleAt.After(now) {
 		e.state.Store(stateAhead)
 	}
 	e.timer = time.AfterFunc(e.nextTimer(now), func() { s.onTimer(e) })
@@ -199,14 +203,14 @@ func (s *Source) install(sh Shared, recheck time.Duration) *entry {
 // (one window before the refresh-ahead deadline), when the entry turns
 // stale, and at the refresh-ahead deadline.
 func (e *entry) nextTimer(now time.Time) time.Duration {
-	probe := e.aheadAt.Add(-e.window)
+	probe := e.at.aheadAt.Add(-e.at.window)
 	switch {
-	case probe.After(now) && probe.Before(e.staleAt):
+	case probe.After(now) && probe.Before(e.at.staleAt):
 		return probe.Sub(now)
-	case e.staleAt.After(now):
-		return e.staleAt.Sub(now)
-	case e.aheadAt.After(now):
-		return e.aheadAt.Sub(now)
+	case e.at.staleAt.After(now):
+		return e.at.staleAt.Sub(now)
+	case e.at.aheadAt.After(now):
+		return e.at.aheadAt.Sub(now)
 	}
 	return 0
 }
@@ -222,17 +226,17 @@ func (s *Source) onTimer(e *entry) {
 	}
 	now := time.Now()
 	next := stateIdle
-	if !now.Before(e.staleAt) {
+	if !now.Before(e.at.staleAt) {
 		next = stateAhead
 	}
 	if !e.endPhase(next, now) {
 		return
 	}
-	if now.Before(e.aheadAt) {
+	if now.Before(e.at.aheadAt) {
 		e.timer.Reset(e.nextTimer(now))
 		return
 	}
-	if s.usedWithinLifetime(e.used.Load(), e.window, now) && s.gate.mayRetry() {
+	if s.usedWithinLifetime(e.used.Load(), e.at.window, now) && s.gate.mayRetry() {
 		s.refresh()
 	}
 }
