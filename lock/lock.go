@@ -77,17 +77,31 @@ func (l *Lock) Context() context.Context { return l.ctx }
 func (l *Lock) Key() string { return l.l.Key() }
 
 func (l *Lock) keepAlive() {
-	defer close(l.done)
 	// The lock is certainly ours until lastOK+ttl (lastOK is when the last
 	// successful refresh was sent). Declare it lost a little before that,
 	// so that this holder stops before another can start; refresh every
-	// quarter TTL so that one slow or failed refresh is not fatal.
+	// quarter TTL so that one slow or failed refresh is not fatal. Each
+	// refresh runs in a goroutine of its own, so that the loss is declared
+	// on time even when a refresh blocks past its context (a go-redis
+	// client without ContextTimeoutEnabled waits for its ReadTimeout).
 	margin := l.ttl / 10
 	lastOK := time.Now()
 	expiry := time.NewTimer(l.ttl - margin)
 	defer expiry.Stop()
 	tick := time.NewTicker(l.ttl / 4)
 	defer tick.Stop()
+	type result struct {
+		sent time.Time
+		err  error
+	}
+	results := make(chan result, 1)
+	inflight := false
+	defer func() {
+		if inflight {
+			<-results // Release waits for the refresh on the wire
+		}
+		close(l.done)
+	}()
 	for {
 		select {
 		case <-l.ctx.Done():
@@ -96,17 +110,26 @@ func (l *Lock) keepAlive() {
 			l.cancel(ErrLost)
 			return
 		case <-tick.C:
+			if inflight {
+				continue
+			}
+			inflight = true
 			sent := time.Now()
-			rctx, cancel := context.WithDeadline(l.ctx, lastOK.Add(l.ttl-margin))
-			err := l.l.Refresh(rctx, l.ttl, nil)
-			cancel()
+			deadline := lastOK.Add(l.ttl - margin)
+			go func() {
+				rctx, cancel := context.WithDeadline(l.ctx, deadline)
+				defer cancel()
+				results <- result{sent, l.l.Refresh(rctx, l.ttl, nil)}
+			}()
+		case r := <-results:
+			inflight = false
 			switch {
 			case l.ctx.Err() != nil:
 				return
-			case err == nil:
-				lastOK = sent
+			case r.err == nil:
+				lastOK = r.sent
 				expiry.Reset(time.Until(lastOK.Add(l.ttl - margin)))
-			case errors.Is(err, redislock.ErrNotObtained):
+			case errors.Is(r.err, redislock.ErrNotObtained):
 				l.cancel(ErrLost)
 				return
 			}

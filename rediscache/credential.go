@@ -212,16 +212,28 @@ return 1
 
 // offerScript is saveScript for a pushed value: it first refuses an order
 // not greater than the stored one (-1), or more than ARGV[7] ahead of it
-// (-2), and records the order with the value's TTL. A stored order that is
+// (-2), or a push over a live value of another account (-3), and records
+// the order with the value's TTL. A stored order that is
 // not a plain integer is not ours and is ignored.
 var offerScript = redis.NewScript(luaPrelude + `
 local o = false
 if keytype(KEYS[4]) == 'string' then o = redis.call('GET', KEYS[4]) end
-if plainint(o) then
+-- An order is a decimal integer up to 2^53-1 (token.MaxPushOrder): exact
+-- as a Lua number. Anything else there is not ours and is ignored.
+local function plainorder(v)
+  return v ~= false and string.match(v, '^%d+$') ~= nil and #v <= 16 and tonumber(v) <= 9007199254740991
+end
+if plainorder(o) then
   if tonumber(ARGV[6]) <= tonumber(o) then return -1 end
   if tonumber(ARGV[7]) > 0 and tonumber(ARGV[6]) - tonumber(o) > tonumber(ARGV[7]) then return -2 end
 end
 fixfence(KEYS[2], KEYS[1])
+-- A live value of another account is not replaced by a push (-3), as a
+-- fetch does not replace it either.
+if ARGV[5] ~= '' and keytype(KEYS[1]) == 'string' then
+  local id = redis.call('HGET', KEYS[2], 'id')
+  if id and id ~= '' and id ~= ARGV[5] then return -3 end
+end
 local written = tonumber(redis.call('HGET', KEYS[2], 'written') or '0')
 if tonumber(ARGV[1]) <= written then return 0 end
 redis.call('HSET', KEYS[2], 'written', ARGV[1])
@@ -251,6 +263,8 @@ func (c *Credential) Offer(ctx context.Context, sh token.Shared, p token.Push) (
 		return false, nil
 	case res == -2:
 		return false, fmt.Errorf("rediscache: offer %s order %d: %w", c.name, p.Order, token.ErrPushTooFarAhead)
+	case res == -3:
+		return false, fmt.Errorf("rediscache: offer %s: %w", c.name, token.ErrIdentityMismatch)
 	case res == 0:
 		return false, fmt.Errorf("rediscache: offer %s version %d: %w", c.name, sh.Version, token.ErrFenced)
 	}

@@ -243,10 +243,17 @@ func (s *Source) onTimer(e *entry) {
 
 // usedWithinLifetime is the quiet-service rule, the one definition of
 // "idle": a credential last used (unix ns, 0 if never) within one token
-// lifetime plus one refresh-ahead window before now is in use, and onTimer
-// refreshes it ahead of expiry without a caller. One idle for longer is not
-// refreshed, and a Map may evict it (Source.idle).
+// lifetime before now is in use, and onTimer refreshes it ahead of expiry
+// without a caller. One idle for longer is not refreshed, and a Map may
+// evict it (Source.idle). Uses are recorded, at no cost to the hot path, as
+// the start of the phase that held them, so the rule allows the slack of
+// one phase: the refresh-ahead window, at most a quarter of the lifetime.
 func (s *Source) usedWithinLifetime(used int64, window time.Duration, now time.Time) bool {
 	lifetime := time.Duration(s.near.lifetime.Load())
-	return used != 0 && now.UnixNano()-used <= int64(lifetime+window)
+	return used != 0 && now.UnixNano()-used <= int64(lifetime+useSlack(lifetime, window))
+}
+
+// useSlack is the precision of a recorded use: one phase.
+func useSlack(lifetime, window time.Duration) time.Duration {
+	return min(window, lifetime/4)
 }

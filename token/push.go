@@ -54,7 +54,9 @@ type Offerer interface {
 	// watchers, unless the value stored last by Offer has an order greater
 	// than or equal to p.Order and has not expired: then it saves nothing
 	// and returns false. It refuses a p.Order more than p.MaxLead ahead of
-	// the stored one with ErrPushTooFarAhead. The stored order expires with
+	// the stored one with ErrPushTooFarAhead, and a push over a live value
+	// saved for another account (Shared.Identity) with ErrIdentityMismatch.
+	// The stored order expires with
 	// sh.TTL.
 	Offer(ctx context.Context, sh Shared, p Push) (bool, error)
 }
@@ -66,6 +68,8 @@ type Offerer interface {
 func (s *Source) Offer(ctx context.Context, p Push) (bool, error) {
 	o, ok := s.store.(Offerer)
 	switch {
+	case s.life.ctx.Err() != nil:
+		return false, ErrClosed
 	case !ok:
 		return false, fmt.Errorf("%w: %s: the store does not take pushed values", ErrInvalidConfig, s.name)
 	case p.Value == "" || p.Lifetime <= 0:
@@ -87,7 +91,7 @@ func (s *Source) Offer(ctx context.Context, p Push) (bool, error) {
 		switch {
 		case errors.Is(err, ErrFenced):
 			continue
-		case errors.Is(err, ErrPushTooFarAhead):
+		case errors.Is(err, ErrPushTooFarAhead), errors.Is(err, ErrIdentityMismatch):
 			return false, fmt.Errorf("token: %s: offer: %w", s.name, err)
 		case err != nil:
 			return false, s.storeErr("offer", true, err)

@@ -205,6 +205,10 @@ func (s *Store) write(sh token.Shared, p *token.Push) (bool, error) {
 		return false, err
 	}
 	s.mu.Lock()
+	if p != nil && sh.Identity != "" && s.identity != "" && s.identity != sh.Identity && time.Now().Before(s.expires) {
+		s.mu.Unlock()
+		return false, token.ErrIdentityMismatch
+	}
 	if p != nil && time.Now().Before(s.orderExpires) {
 		switch {
 		case p.Order <= s.order:

@@ -12,7 +12,7 @@ import (
 	"github.com/tokencache/tokencache/token"
 )
 
-// TestZZReviewStalledHolderKnowsItLostTheLock: with the default LockTTL
+// TestStalledHolderKnowsItLostTheLock: with the default LockTTL
 // (now 2 s, was 10 s), a holder cut off from Redis must declare its lock
 // lost (Held.Context done) at 0.9 of the TTL, before another instance can
 // take it (package lock's contract; rediscache.Options.LockTTL: "a holder
@@ -23,7 +23,7 @@ import (
 // deadline. With 10 s that fit inside 9 s; with 2 s it does not: another
 // instance holds the lock at 2 s while the cut-off holder's fetch still
 // runs under a live lock context until about 3 s.
-func TestZZReviewStalledHolderKnowsItLostTheLock(t *testing.T) {
+func TestStalledHolderKnowsItLostTheLock(t *testing.T) {
 	mr := miniredis.RunT(t)
 	mr.ClockTTL(true)
 	px := newProxy(t, mr.Addr())

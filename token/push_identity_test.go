@@ -10,14 +10,14 @@ import (
 	"github.com/tokencache/tokencache/token/tokentest"
 )
 
-// TestZZReviewOfferFromAnotherAccountIsRefused: the push analogue of
+// TestOfferFromAnotherAccountIsRefused: the push analogue of
 // rediscache's TestAnotherAccountIsRefused. App B, configured by mistake
 // with app A's credential name, must not replace A's pushed ticket: a
 // Source refuses the store's token of another account (ErrIdentityMismatch)
 // and never fetches over it, but Offer checks no identity, so B's push
 // overwrites A's ticket and its fence identity, and A's instances then
 // refuse their own credential.
-func TestZZReviewOfferFromAnotherAccountIsRefused(t *testing.T) {
+func TestOfferFromAnotherAccountIsRefused(t *testing.T) {
 	st := tokentest.NewStore()
 	mk := func(account string) *token.Source {
 		f := token.WithIdentity(token.AwaitPush(nil), token.Identity{Account: account, Secret: []byte("secret-" + account)})

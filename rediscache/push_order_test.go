@@ -10,12 +10,12 @@ import (
 	"github.com/tokencache/tokencache/token"
 )
 
-// TestZZReviewLateMicrosecondPushIsRefused: Push.Order accepts 1 to
+// TestLateMicrosecondPushIsRefused: Push.Order accepts 1 to
 // MaxPushOrder (2^53-1, 16 digits), e.g. an issuer timestamp in
 // microseconds (1.7e15). offerScript reads the stored order with plainint,
 // which accepts at most 15 digits: a stored 16-digit order is "not ours" and
 // ignored, so a late push replaces the newer one.
-func TestZZReviewLateMicrosecondPushIsRefused(t *testing.T) {
+func TestLateMicrosecondPushIsRefused(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, b redistest.Backend) {
 		c, err := rediscache.New(b.Client(t), rediscache.Options{Prefix: redistest.Prefix(t), Source: token.Options{Logger: quiet}})
 		if err != nil {
