@@ -392,7 +392,8 @@ const maxBackoff = time.Hour
 func cleanClass(c string) string {
 	switch c {
 	case token.ClassTemporary, token.ClassPermanent, token.ClassTimeout, token.ClassInvalidToken,
-		token.ClassTooLarge, token.ClassTooManyFetches, token.ClassPanic, token.ClassNotPushed:
+		token.ClassTooLarge, token.ClassTooManyFetches, token.ClassPanic, token.ClassNotPushed,
+		token.ClassRefreshRevoked, token.ClassNoRefreshState:
 		return c
 	}
 	return "unknown"

@@ -65,6 +65,8 @@ const (
 	ClassTooManyFetches = "too_many_fetches" // ErrTooManyFetches
 	ClassPanic          = "panic"            // ErrFetcherPanic
 	ClassNotPushed      = "not_pushed"       // ErrNotPushed
+	ClassRefreshRevoked = "refresh_revoked"  // ErrRefreshRevoked
+	ClassNoRefreshState = "no_refresh_state" // ErrNoRefreshState
 )
 
 // classSentinels maps the classes that have a sentinel error to it.
@@ -74,6 +76,8 @@ var classSentinels = map[string]error{
 	ClassTooManyFetches: ErrTooManyFetches,
 	ClassPanic:          ErrFetcherPanic,
 	ClassNotPushed:      ErrNotPushed,
+	ClassRefreshRevoked: ErrRefreshRevoked,
+	ClassNoRefreshState: ErrNoRefreshState,
 }
 
 // Classify returns the class of a refresh error (one of the Class

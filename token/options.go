@@ -63,6 +63,11 @@ type Options struct {
 	// Default: none, and the fingerprint is cut to 32 bits; set one (32
 	// random bytes) if a secret could be guessed.
 	IdentityKey []byte
+	// RefreshStore keeps the refresh state of a credential whose Fetcher
+	// is a Redeemer. Default: the Store, if it is a RefreshStore (package
+	// rediscache's Credential is). Set a durable one (package
+	// extra/pgrefresh) when Redis is a cache that may lose keys.
+	RefreshStore RefreshStore
 }
 
 // DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix

@@ -71,6 +71,9 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
 	}
+	if f, err = rotating(f, store, &opts); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
+	}
 	s := &Source{config: config{
 		name:      name,
 		fetcher:   f,

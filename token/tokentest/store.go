@@ -33,6 +33,9 @@ type Store struct {
 	// order is that of the last value offered, until orderExpires.
 	order        int64
 	orderExpires time.Time
+	// refresh is the refresh state; refreshGen survives DeleteRefresh.
+	refresh    string
+	refreshGen int64
 }
 
 // ErrDown is what a Store returns while SetDown(true) is in force.
@@ -320,5 +323,59 @@ func (h *held) Release(context.Context) error {
 		h.s.locked = false
 		h.s.mu.Unlock()
 	})
+	return nil
+}
+
+// LoadRefresh implements token.RefreshStore.
+func (s *Store) LoadRefresh(ctx context.Context) (token.RefreshState, error) {
+	s.count()
+	if s.isDown() {
+		return token.RefreshState{}, ErrDown
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refresh == "" {
+		return token.RefreshState{}, token.ErrNoRefreshState
+	}
+	return token.RefreshState{Value: s.refresh, Generation: s.refreshGen}, nil
+}
+
+// CommitRefresh implements token.RefreshStore.
+func (s *Store) CommitRefresh(ctx context.Context, gen int64, next string) error {
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refresh == "" || gen != s.refreshGen {
+		return token.ErrFenced
+	}
+	s.refresh, s.refreshGen = next, gen+1
+	return nil
+}
+
+// SeedRefresh implements token.RefreshStore.
+func (s *Store) SeedRefresh(ctx context.Context, value string) (int64, error) {
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refreshGen++
+	s.refresh = value
+	return s.refreshGen, nil
+}
+
+// DeleteRefresh implements token.RefreshStore.
+func (s *Store) DeleteRefresh(ctx context.Context) error {
+	s.count()
+	if err := s.writeErr(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refresh = ""
 	return nil
 }

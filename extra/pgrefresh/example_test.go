@@ -1,0 +1,63 @@
+package pgrefresh_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log"
+	"os"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // or any PostgreSQL driver for database/sql
+
+	"github.com/tokencache/tokencache/extra/pgrefresh"
+	"github.com/tokencache/tokencache/token"
+)
+
+// Keep a credential's rotating refresh token in PostgreSQL: seed it from
+// the application's authorization callback, and give the Credential to the
+// credential's Source as its RefreshStore. (It needs a server, so it is
+// compiled but not run.)
+func Example() {
+	ctx := context.Background()
+	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	store, err := pgrefresh.New(db, pgrefresh.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := store.CreateTable(ctx); err != nil { // or apply store.Schema() in a migration
+		log.Fatal(err)
+	}
+	cred, err := store.Credential("wechat-open:wx0123456789")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// In the authorization callback: the first refresh token, under a
+	// generation that fences any refresh of an earlier authorization.
+	if _, err := cred.SeedRefresh(ctx, os.Getenv("AUTHORIZER_REFRESH_TOKEN")); err != nil {
+		log.Fatal(err)
+	}
+
+	// cred is a token.RefreshStore: a Source whose Fetcher is a
+	// token.Redeemer loads, redeems and commits the state through it.
+	var _ token.RefreshStore = cred
+	st, err := cred.LoadRefresh(ctx)
+	switch {
+	case errors.Is(err, token.ErrNoRefreshState):
+		log.Print("not authorized yet")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		log.Printf("refresh state at generation %d", st.Generation) // never log st.Value
+	}
+
+	// When the account revokes the authorization:
+	if err := cred.DeleteRefresh(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
