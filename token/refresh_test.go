@@ -135,8 +135,8 @@ func TestLockLostMidRedemption(t *testing.T) {
 				done := make(chan error, 1)
 				go func() { _, err := srcs[0].Token(ctx); done <- err }()
 				time.Sleep(500 * time.Millisecond) // srcs[0] is redeeming
-				close(l.start)                    // its lock is lost
-				_, err1 := srcs[1].Token(ctx)     // redeems the same refresh token
+				close(l.start)                     // its lock is lost
+				_, err1 := srcs[1].Token(ctx)      // redeems the same refresh token
 				err0 := <-done
 				synctest.Wait()
 				after := up.Redemptions()
