@@ -134,7 +134,13 @@ func ExampleKeyring() {
 
 	_ = src2.Invalidate(ctx, tok2.Value) // the upstream rejected it: refresh
 	tok2, _ = src2.Token(ctx)
-	raw, _ = mr.Get("{tokencache:wechat:wx1234}:token")
+	// The refresher serves the new token as soon as the upstream issues
+	// it, and shares it right after: wait for the write to land.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if raw, _ = mr.Get("{tokencache:wechat:wx1234}:token"); strings.Count(raw, "|") >= 4 {
+			break
+		}
+	}
 	fmt.Println("after a refresh: key", strings.Split(raw, "|")[3], "holds the token:", strings.Contains(raw, tok2.Value))
 	// Output:
 	// stored: e key k1 holds the token: false
