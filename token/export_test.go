@@ -22,7 +22,9 @@ func TokenEvictedUnder(ctx context.Context, m *Map, key string) (tok Token, clos
 	if err != nil {
 		return Token{}, false, err
 	}
-	if !m.evict(key, sl, time.Now().Add(1000*time.Hour)) {
+	later := time.Now().Add(1000 * time.Hour)
+	m.evict(key, sl, later) // the first sweep that finds it idle
+	if !m.evict(key, sl, later) {
 		return Token{}, false, errors.New("not evicted")
 	}
 	_ = sl.src.Close()
@@ -34,9 +36,10 @@ func TokenEvictedUnder(ctx context.Context, m *Map, key string) (tok Token, clos
 	return tok, closed, err
 }
 
-// SweepOnce runs one sweep of m now, as if every Source were made before
-// the previous sweep, and returns how many it evicted.
+// SweepOnce runs the two sweeps that evict an idle Source, now, as if every
+// Source were made before the previous sweep, and returns how many they
+// evicted.
 func SweepOnce(m *Map) int {
 	now := time.Now()
-	return m.sweepOnce(now, now.UnixNano())
+	return m.sweepOnce(now, now.UnixNano()) + m.sweepOnce(now, now.UnixNano())
 }

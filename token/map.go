@@ -45,7 +45,8 @@ type MapOptions struct {
 // lifetime plus its refresh-ahead window: the rule by which a Source stops
 // refreshing its token ahead of expiry (a credential used within its last
 // lifetime is refreshed ahead; one idle for longer is not). A sweep every
-// MapOptions.SweepInterval evicts idle credentials. Token records uses at
+// MapOptions.SweepInterval evicts the credentials that it and the sweep before
+// it found idle. Token records uses at
 // no cost, to within a fraction of a lifetime, so a sweep evicts a
 // credential only once no use is recorded within two lifetimes: never one
 // in use, and one used once about two lifetimes after that use. Eviction
@@ -87,6 +88,10 @@ type slot struct {
 	// evicted is set before src stops refreshing: a call on src that then
 	// gets ErrClosed asks the Map again.
 	evicted atomic.Bool
+	// idleSeen: the previous sweep found src idle. A Source is evicted only
+	// when two sweeps in a row find it idle, so that a use recorded late
+	// (a call that raced an event replacing its entry) is not missed.
+	idleSeen atomic.Bool
 }
 
 // creation is a key's Source being made: callers that find it wait for
@@ -322,6 +327,10 @@ func (m *Map) sweepOnce(now time.Time, bornBefore int64) int {
 // has already answered.
 func (m *Map) evict(key string, sl *slot, now time.Time) bool {
 	if !sl.src.idle(now) {
+		sl.idleSeen.Store(false)
+		return false
+	}
+	if !sl.idleSeen.Swap(true) {
 		return false
 	}
 	sl.evicted.Store(true) // before the Source can answer ErrClosed

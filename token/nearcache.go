@@ -70,10 +70,18 @@ type entry struct {
 
 func (e *entry) valid() bool { return e != nil && time.Now().Before(e.deadline) }
 
-// markUsed records that a caller was handed e.
-func (e *entry) markUsed() {
-	if !e.state.CompareAndSwap(stateIdle, stateFresh) && e.state.Load() == stateAhead {
-		e.used.Store(time.Now().UnixNano())
+// markUsed records that a caller was handed e. A use the state cannot
+// record (e is fresh already, ahead, or superseded meanwhile) is recorded as
+// a time, on e and on the entry that replaced it, so that the quiet-service
+// rule and a Map see it whatever events raced with the call.
+func (s *Source) markUsed(e *entry) {
+	if e.state.CompareAndSwap(stateIdle, stateFresh) {
+		return
+	}
+	now := time.Now().UnixNano()
+	raise(&e.used, now)
+	if cur := s.near.cur.Load(); cur != nil && cur != e {
+		raise(&cur.used, now)
 	}
 }
 

@@ -104,12 +104,12 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 	e := s.near.cur.Load()
 	if e != nil && e.state.Load() == stateIdle {
 		// The first call of a phase: record the use (see stateIdle).
-		e.markUsed()
+		s.markUsed(e)
 		return e.tok, nil
 	}
 	valid := e.valid()
 	if valid && e.state.Load() == stateAhead {
-		e.markUsed()
+		s.markUsed(e)
 		// Refresh in the background; nobody waits while a token is valid.
 		if s.gate.mayRetry() {
 			s.refresh()
@@ -135,7 +135,7 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		case <-c.done:
 			if c.err == nil {
 				if c.val != nil && c.val.alive(s.near.dead.Load()) {
-					c.val.markUsed()
+					s.markUsed(c.val)
 					return c.val.tok, nil
 				}
 				// Invalidated while that refresh ran: wait for the next.
