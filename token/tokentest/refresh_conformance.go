@@ -243,26 +243,48 @@ func (s refreshSuite) commit(t *testing.T) {
 // to commit; exactly one wins each round, and readers never see a value
 // with another commit's generation.
 func (s refreshSuite) concurrentCommits(t *testing.T) {
-	const (
-		instances   = 4
-		perInstance = 8
-		rounds      = 5
-	)
+	const instances, perInstance, rounds = 4, 8, 5
 	hs := s.handles(t, instances)
 	g := s.seedOK(t, hs[0], "round-0", 0)
+	stored := map[int64]string{g: "round-0"} // generation → value committed
+	observed := s.watchLoads(t, hs)
+	defer observed.stop() // also when a check below fails the test
+	for round := 1; round <= rounds; round++ {
+		winner := s.commitRound(t, hs, g, round, perInstance)
+		g++
+		observed.mu.Lock()
+		stored[g] = winner
+		observed.mu.Unlock()
+		for _, h := range hs {
+			s.loadOK(t, h, winner, g)
+		}
+	}
+	observed.stop()
+	for gen, values := range observed.seen {
+		for v := range values {
+			if stored[gen] != v {
+				t.Errorf("a concurrent LoadRefresh returned %s with generation %d, which holds %s", describe(v), gen, describe(stored[gen]))
+			}
+		}
+	}
+}
 
-	var (
-		mu       sync.Mutex
-		stored   = map[int64]string{g: "round-0"} // generation → value committed
-		observed = map[int64]map[string]bool{}    // what readers loaded
-	)
+// loads is what readers saw while commits raced.
+type loads struct {
+	mu   sync.Mutex                // guards seen
+	seen map[int64]map[string]bool // generation → values loaded
+	stop func()                    // stops the readers and waits for them
+}
+
+// watchLoads loads the state from every handle in a loop until stop.
+func (s refreshSuite) watchLoads(t *testing.T, hs []token.RefreshStore) *loads {
+	l := &loads{seen: map[int64]map[string]bool{}}
 	done := make(chan struct{})
 	var readers sync.WaitGroup
-	stopReaders := sync.OnceFunc(func() {
+	l.stop = sync.OnceFunc(func() {
 		close(done)
 		readers.Wait()
 	})
-	defer stopReaders() // also when a check below fails the test
 	for _, h := range hs {
 		readers.Go(func() {
 			for {
@@ -276,65 +298,55 @@ func (s refreshSuite) concurrentCommits(t *testing.T) {
 					t.Errorf("LoadRefresh during concurrent commits: %v", err)
 					return
 				}
-				mu.Lock()
-				if observed[st.Generation] == nil {
-					observed[st.Generation] = map[string]bool{}
+				l.mu.Lock()
+				if l.seen[st.Generation] == nil {
+					l.seen[st.Generation] = map[string]bool{}
 				}
-				observed[st.Generation][st.Value] = true
-				mu.Unlock()
+				l.seen[st.Generation][st.Value] = true
+				l.mu.Unlock()
 			}
 		})
 	}
+	return l
+}
 
-	for round := 1; round <= rounds; round++ {
-		start := make(chan struct{})
-		var (
-			wg      sync.WaitGroup
-			winners []string
-			others  []error
-		)
-		for i, h := range hs {
-			for j := range perInstance {
-				value := fmt.Sprintf("round-%d-instance-%d-goroutine-%d", round, i, j)
-				wg.Go(func() {
-					<-start
-					err := h.CommitRefresh(t.Context(), g, value)
-					mu.Lock()
-					defer mu.Unlock()
-					switch {
-					case err == nil:
-						winners = append(winners, value)
-					case !errors.Is(err, token.ErrFenced):
-						others = append(others, err)
-					}
-				})
-			}
-		}
-		close(start)
-		wg.Wait()
-		for _, err := range others {
-			t.Errorf("round %d: CommitRefresh(%d) = %v; want nil or ErrFenced", round, g, err)
-		}
-		if len(winners) != 1 {
-			t.Fatalf("round %d: %d of %d commits of generation %d succeeded (%v); want exactly one",
-				round, len(winners), instances*perInstance, g, winners)
-		}
-		g++
-		mu.Lock()
-		stored[g] = winners[0]
-		mu.Unlock()
-		for _, h := range hs {
-			s.loadOK(t, h, winners[0], g)
+// commitRound has perInstance goroutines per handle commit generation g at
+// once, and returns the one value that won.
+func (s refreshSuite) commitRound(t *testing.T, hs []token.RefreshStore, g int64, round, perInstance int) string {
+	start := make(chan struct{})
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex // guards winners and others
+		winners []string
+		others  []error
+	)
+	for i, h := range hs {
+		for j := range perInstance {
+			value := fmt.Sprintf("round-%d-instance-%d-goroutine-%d", round, i, j)
+			wg.Go(func() {
+				<-start
+				err := h.CommitRefresh(t.Context(), g, value)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					winners = append(winners, value)
+				case !errors.Is(err, token.ErrFenced):
+					others = append(others, err)
+				}
+			})
 		}
 	}
-	stopReaders()
-	for gen, values := range observed {
-		for v := range values {
-			if stored[gen] != v {
-				t.Errorf("a concurrent LoadRefresh returned %s with generation %d, which holds %s", describe(v), gen, describe(stored[gen]))
-			}
-		}
+	close(start)
+	wg.Wait()
+	for _, err := range others {
+		t.Errorf("round %d: CommitRefresh(%d) = %v; want nil or ErrFenced", round, g, err)
 	}
+	if len(winners) != 1 {
+		t.Fatalf("round %d: %d of %d commits of generation %d succeeded (%v); want exactly one",
+			round, len(winners), len(hs)*perInstance, g, winners)
+	}
+	return winners[0]
 }
 
 // reseed: a new authorization replaces the state under a generation
@@ -356,13 +368,18 @@ func (s refreshSuite) reseed(t *testing.T) {
 	}
 	s.loadOK(t, a, "second", g2)
 
-	// A seed racing refreshers that redeemed the current state: each commit
-	// is fenced or precedes the seed; the seed's state stays.
+	s.seedRacingCommits(t, hs, g2)
+}
+
+// seedRacingCommits: a seed racing refreshers that redeemed generation g2,
+// the current state: each commit is fenced or precedes the seed; the seed's
+// state stays.
+func (s refreshSuite) seedRacingCommits(t *testing.T, hs []token.RefreshStore, g2 int64) {
 	const committers = 12
 	start := make(chan struct{})
 	var (
 		wg      sync.WaitGroup
-		mu      sync.Mutex
+		mu      sync.Mutex // guards won, seedGen and seedErr
 		won     int
 		seedGen int64
 		seedErr error
@@ -384,7 +401,7 @@ func (s refreshSuite) reseed(t *testing.T) {
 	}
 	wg.Go(func() {
 		<-start
-		gen, err := a.SeedRefresh(t.Context(), "third")
+		gen, err := hs[0].SeedRefresh(t.Context(), "third")
 		mu.Lock()
 		seedGen, seedErr = gen, err
 		mu.Unlock()
@@ -402,7 +419,7 @@ func (s refreshSuite) reseed(t *testing.T) {
 	case seedGen <= g2:
 		t.Errorf("SeedRefresh over generation %d = %d; want a greater one", g2, seedGen)
 	}
-	s.loadOK(t, b, "third", seedGen)
+	s.loadOK(t, hs[1], "third", seedGen)
 }
 
 // delete: deleting the state (a revoked authorization) leaves none, fences
