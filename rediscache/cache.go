@@ -84,6 +84,16 @@ type Options struct {
 	// other DBs hear each other too. It changes nothing on DB 0 or a
 	// Cluster, whose channel is the legacy one.
 	LegacyEvents bool
+	// RefreshReplicas, if positive, makes every write of refresh state
+	// (see token.Redeemer) wait, with WAIT on the connection that wrote it,
+	// until that many replicas acknowledge it, for up to
+	// RefreshReplicaTimeout: a failover right after the write then cannot
+	// lose a state the upstream has already replaced. If fewer acknowledge
+	// in time the write stands on the primary and a warning is logged.
+	// Default 0: no waiting.
+	RefreshReplicas int
+	// RefreshReplicaTimeout bounds each wait of RefreshReplicas. Default 1s.
+	RefreshReplicaTimeout time.Duration
 	// Source configures every Source the Cache makes. Its zero value takes
 	// the defaults documented on token.Options.
 	Source token.Options
@@ -98,6 +108,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Source.Logger == nil {
 		o.Source.Logger = slog.Default()
+	}
+	if o.RefreshReplicaTimeout <= 0 {
+		o.RefreshReplicaTimeout = time.Second
 	}
 	return o
 }
@@ -150,6 +163,8 @@ func New(rdb redis.UniversalClient, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
 	case opts.LockTTL < minLockTTL:
 		return nil, fmt.Errorf("%w: LockTTL %v is shorter than %v", token.ErrInvalidConfig, opts.LockTTL, minLockTTL)
+	case opts.RefreshReplicas > 0 && !canWait(rdb):
+		return nil, fmt.Errorf("%w: RefreshReplicas needs a *redis.Client or *redis.ClusterClient, not %T", token.ErrInvalidConfig, rdb)
 	}
 	c, err := newCodec(opts.Encryption)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -17,7 +18,10 @@ import (
 	"github.com/tokencache/tokencache/token"
 )
 
-var _ token.RefreshStore = (*Credential)(nil)
+var (
+	_ token.RefreshStore  = (*Credential)(nil)
+	_ token.RotationSaver = (*Credential)(nil)
+)
 
 // refreshLifetime fills the layout's lifetime field, which refresh state
 // does not have.
@@ -52,9 +56,9 @@ func (c *Credential) LoadRefresh(ctx context.Context) (token.RefreshState, error
 }
 
 // commitRefreshScript replaces the state of generation ARGV[1] with ARGV[2]
-// as generation ARGV[1]+1, if that is still the stored one (1), or not (0).
+// as generation ARGV[1]+1, if that is still the stored one (1), or not (-1).
 var commitRefreshScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'v') == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'v') == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
 return 1
 `)
@@ -65,20 +69,65 @@ func (c *Credential) CommitRefresh(ctx context.Context, gen int64, next string) 
 	if err != nil {
 		return err
 	}
-	ok, err := commitRefreshScript.Run(ctx, c.s.rdb, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v).Int()
+	ok, err := c.s.durable(ctx, commitRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v)
 	switch {
 	case err != nil:
 		return fmt.Errorf("rediscache: commit refresh state of %s: %w", c.name, err)
-	case ok == 0:
+	case ok < 0:
 		return fmt.Errorf("rediscache: commit refresh state of %s generation %d: %w", c.name, gen, token.ErrFenced)
 	}
 	return nil
 }
 
+// saveRotatedScript is commitRefreshScript then saveScript, in one step:
+// KEYS are the refresh hash, then saveScript's (one hash slot); ARGV[1..2]
+// the generation and the next state, then saveScript's ARGV. It returns -1
+// if the generation is no longer stored (nothing written), 0 if the state
+// was committed but the token is fenced, 1 if both were written.
+var saveRotatedScript = redis.NewScript(luaPrelude + `
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'v') == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
+fixfence(KEYS[3], KEYS[2])
+local written = tonumber(redis.call('HGET', KEYS[3], 'written') or '0')
+if tonumber(ARGV[3]) <= written then return 0 end
+redis.call('HSET', KEYS[3], 'written', ARGV[3])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'id', ARGV[7]) end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+redis.call('DEL', KEYS[4])
+for i = 8, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[6]) end
+return 1
+`)
+
+// SaveRotated implements token.RotationSaver.
+func (c *Credential) SaveRotated(ctx context.Context, sh token.Shared, gen int64, next string) error {
+	rv, err := c.encodeRefresh(gen+1, next)
+	if err != nil {
+		return err
+	}
+	v, ttl, err := c.encode("save", sh)
+	if err != nil {
+		return err
+	}
+	args, err := c.s.publishTo(ctx, []any{strconv.FormatInt(gen, 10), rv, sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity)})
+	if err != nil {
+		return fmt.Errorf("rediscache: save %s with its refresh state: %w", c.name, err)
+	}
+	res, err := c.s.durable(ctx, saveRotatedScript, []string{c.refreshKey(), c.token, c.fence, c.backoff}, args...)
+	switch {
+	case err != nil:
+		return fmt.Errorf("rediscache: save %s with its refresh state: %w", c.name, err)
+	case res < 0:
+		return fmt.Errorf("rediscache: save %s: refresh state generation %d: %w", c.name, gen, token.ErrFenced)
+	case res == 0:
+		return fmt.Errorf("rediscache: save %s version %d (refresh state committed): %w", c.name, sh.Version, token.ErrFenced)
+	}
+	return nil
+}
+
 // seedRefreshScript stores ARGV[2] as generation ARGV[1]+1 if the stored
-// generation is still ARGV[1] ("0": none).
+// generation is still ARGV[1] ("0": none) (1), or not (-1).
 var seedRefreshScript = redis.NewScript(`
-if (redis.call('HGET', KEYS[1], 'gen') or '0') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'gen') or '0') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
 return 1
 `)
@@ -100,7 +149,7 @@ func (c *Credential) SeedRefresh(ctx context.Context, value string) (int64, erro
 		if err != nil {
 			return 0, err
 		}
-		n, err := seedRefreshScript.Run(ctx, c.s.rdb, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v).Int()
+		n, err := c.s.durable(ctx, seedRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v)
 		if err != nil {
 			return 0, fmt.Errorf("rediscache: seed refresh state of %s: %w", c.name, err)
 		}
@@ -117,4 +166,46 @@ func (c *Credential) DeleteRefresh(ctx context.Context) error {
 		return fmt.Errorf("rediscache: delete refresh state of %s: %w", c.name, err)
 	}
 	return nil
+}
+
+// canWait reports whether durable can hold one connection of rdb for a
+// script and the WAIT after it.
+func canWait(rdb redis.UniversalClient) bool {
+	switch rdb.(type) {
+	case *redis.Client, *redis.ClusterClient:
+		return true
+	}
+	return false
+}
+
+// durable runs a script that writes refresh state to the hash keys[0], and
+// returns a negative number if it wrote nothing. With RefreshReplicas it
+// then waits, on the connection that ran the script, until that many
+// replicas have the write.
+func (s *Cache) durable(ctx context.Context, script *redis.Script, keys []string, args ...any) (int64, error) {
+	if s.opts.RefreshReplicas <= 0 {
+		return script.Run(ctx, s.rdb, keys, args...).Int64()
+	}
+	var conn *redis.Conn
+	switch c := s.rdb.(type) {
+	case *redis.ClusterClient:
+		node, err := c.MasterForKey(ctx, keys[0])
+		if err != nil {
+			return 0, err
+		}
+		conn = node.Conn()
+	case *redis.Client:
+		conn = c.Conn()
+	}
+	defer conn.Close()
+	res, err := script.Run(ctx, conn, keys, args...).Int64()
+	if err != nil || res < 0 {
+		return res, err
+	}
+	n, err := conn.Wait(ctx, s.opts.RefreshReplicas, s.opts.RefreshReplicaTimeout).Result()
+	if err != nil || n < int64(s.opts.RefreshReplicas) {
+		s.log.Warn("tokencache: refresh state written on the primary, acknowledged by fewer replicas than RefreshReplicas",
+			slog.Int64("replicas", n), slog.Int("want", s.opts.RefreshReplicas), slog.Any("error", err))
+	}
+	return res, nil
 }

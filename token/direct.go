@@ -48,10 +48,10 @@ func (p *pending) drop(bad string) {
 func (s *Source) fetchDirect() (*entry, error) {
 	ctx, cancel := context.WithTimeout(s.life.ctx, s.opts.FetchTimeout)
 	defer cancel()
-	tok, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing))
+	f, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing), ctx)
 	var sh Shared
 	if err == nil {
-		sh, err = s.accept(tok, 0)
+		sh, err = s.accept(f.tok, 0)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)

@@ -10,12 +10,19 @@ import (
 	"runtime/debug"
 )
 
-// fetch calls the Fetcher but returns when ctx is done even if the Fetcher
-// does not honour it. Such a Fetcher's goroutine ends only when it returns,
-// possibly after Close.
-func (s *Source) fetch(ctx context.Context) (Token, error) {
+// fetched is what a fetch returned: a token, and for a Redeemer, the refresh
+// state to commit before the token is shared (nil if it did not rotate).
+type fetched struct {
+	tok Token
+	rot *rotated
+}
+
+// fetch calls the Fetcher (or redeems, see obtain) but returns when ctx is
+// done even if the Fetcher does not honour it. Such a Fetcher's goroutine
+// ends only when it returns, possibly after Close.
+func (s *Source) fetch(ctx, lctx context.Context) (fetched, error) {
 	type result struct {
-		tok Token
+		f   fetched
 		err error
 	}
 	ch := make(chan result, 1)
@@ -33,21 +40,31 @@ func (s *Source) fetch(ctx context.Context) (Token, error) {
 				slog.String("stack", string(debug.Stack())))
 			ch <- result{err: fmt.Errorf("%w (%T)", ErrFetcherPanic, p)}
 		}()
-		tok, err := s.fetcher.Fetch(ctx)
+		f, err := s.obtain(ctx, lctx)
 		returned = true
-		ch <- result{tok, redactErr(err)}
+		ch <- result{f, redactErr(err)}
 	}()
 	select {
 	case r := <-ch:
-		return r.tok, r.err
+		return r.f, r.err
 	case <-ctx.Done():
 		select {
 		case r := <-ch: // an answer that came with the deadline still counts
-			return r.tok, r.err
+			return r.f, r.err
 		default:
-			return Token{}, context.Cause(ctx)
+			return fetched{}, context.Cause(ctx)
 		}
 	}
+}
+
+// obtain calls the Fetcher, or redeems a Redeemer's refresh state under
+// the lock lctx is bound to.
+func (s *Source) obtain(ctx, lctx context.Context) (fetched, error) {
+	if s.rot != nil {
+		return s.rot.redeem(ctx, lctx)
+	}
+	tok, err := s.fetcher.Fetch(ctx)
+	return fetched{tok: tok}, err
 }
 
 // accept validates a fetched token and returns it as the Shared to save

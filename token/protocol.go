@@ -237,7 +237,7 @@ func (s *Source) refreshLocked(ctx, lctx context.Context) (*entry, error) {
 		// fetching again.
 		if ttl := time.Until(deadline); ttl > s.opts.window(p.Lifetime) {
 			p.Version, p.TTL = version, ttl
-			e, err := s.share(ctx, p)
+			e, err := s.share(ctx, p, s.store.Save)
 			if err == nil {
 				s.log.Info("tokencache: shared the token fetched while the store was unavailable")
 			}
@@ -284,14 +284,21 @@ func (s *Source) sharedBackoff(ctx context.Context) (SharedBackoff, error) {
 // fetchAndShare fetches under the lock (lctx) and saves the token as version.
 func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason Reason, b SharedBackoff) (*entry, error) {
 	s.log.Debug("tokencache: fetching a new token", slog.Int64("version", version), slog.String("reason", reason.String()))
-	fctx, cancel := context.WithTimeout(context.WithValue(lctx, reasonKey{}, reason), s.opts.FetchTimeout)
-	tok, err := s.fetch(fctx)
+	base := lctx
+	if s.rot != nil {
+		// A redemption, once sent, ends within FetchTimeout even if the
+		// lock is lost: cancelling it could only lose the new refresh
+		// state (see rotation.redeem).
+		base = context.WithoutCancel(lctx)
+	}
+	fctx, cancel := context.WithTimeout(context.WithValue(base, reasonKey{}, reason), s.opts.FetchTimeout)
+	f, err := s.fetch(fctx, lctx)
 	cancel()
 	var sh Shared
 	if err == nil {
 		// Only tokens issued count: failures are paced by the backoff.
 		s.gate.fetches.add(time.Now())
-		sh, err = s.accept(tok, version)
+		sh, err = s.accept(f.tok, version)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)
@@ -307,7 +314,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
-	shared, err := s.share(ctx, sh)
+	shared, err := s.shareFetched(ctx, sh, f.rot)
 	switch {
 	case shared != nil:
 		return shared, nil
@@ -319,13 +326,55 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	return e, nil
 }
 
-// share saves sh with a fenced write and returns its entry. If the store
-// already holds a newer token, it returns that one's entry, or nil with an
-// error wrapping ErrFenced.
-func (s *Source) share(ctx context.Context, sh Shared) (*entry, error) {
+// shareFetched shares sh, and first commits rot, the refresh state that
+// replaced the one sh was redeemed with: in one step if the Store keeps
+// both, else durably before the token is shared, so that a crash between
+// the two writes costs only an access token, which is fetched again.
+func (s *Source) shareFetched(ctx context.Context, sh Shared, rot *rotated) (*entry, error) {
+	if rot == nil {
+		return s.share(ctx, sh, s.store.Save)
+	}
+	if sv := s.rot.saver; sv != nil {
+		return s.share(ctx, sh, func(ctx context.Context, sh Shared) error {
+			err := s.rot.commit(ctx, rot, func(ctx context.Context) error { return sv.SaveRotated(ctx, sh, rot.gen, rot.next) })
+			if err != nil && !errors.Is(err, ErrFenced) {
+				s.lostRotation(rot, err)
+			}
+			return err
+		})
+	}
+	cctx, cancel := detached(ctx, s.opts.FetchTimeout)
+	err := s.rot.commit(cctx, rot, func(ctx context.Context) error { return s.rot.rs.CommitRefresh(ctx, rot.gen, rot.next) })
+	cancel()
+	if err != nil && !errors.Is(err, errFencedAfterCommit) {
+		s.lostRotation(rot, err)
+	}
+	return s.share(ctx, sh, s.store.Save)
+}
+
+// lostRotation logs a new refresh state that could not be committed.
+func (s *Source) lostRotation(rot *rotated, err error) {
+	if errors.Is(err, ErrFenced) {
+		// Another instance redeemed the same state (this one lost its
+		// lock mid-redemption), or a new authorization was seeded: the
+		// stored state is theirs.
+		s.log.Warn("tokencache: the refresh state was replaced meanwhile; this redemption's is dropped",
+			slog.Int64("generation", rot.gen), errAttr(err))
+		return
+	}
+	// The new state is lost with this process: the next refresh redeems
+	// the old one, which the upstream may refuse (ErrRefreshRevoked).
+	s.log.Error("tokencache: could not commit the new refresh state; the stored one was kept",
+		slog.Int64("generation", rot.gen), errAttr(err))
+}
+
+// share saves sh with save (a fenced write) and returns its entry. If the
+// store already holds a newer token, it returns that one's entry, or nil
+// with an error wrapping ErrFenced.
+func (s *Source) share(ctx context.Context, sh Shared, save func(context.Context, Shared) error) (*entry, error) {
 	sctx, cancel := detached(ctx, s.opts.FetchTimeout)
 	defer cancel()
-	err := s.store.Save(sctx, sh)
+	err := save(sctx, sh)
 	switch {
 	case err == nil:
 		s.storeUp(true)

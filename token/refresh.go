@@ -6,13 +6,24 @@ package token
 // revokes the whole family at many providers, and losing the new state
 // means the user must authorize again: the state is read and redeemed only
 // under the credential's lock, committed durably before the access token is
-// shared, and never kept with a TTL.
+// shared (or with it, in one step, by a RotationSaver), and never kept with
+// a TTL.
+//
+// Write order: redeem -> commit the new state (compare-and-set on its
+// generation) -> fenced save of the access token. A crash after the commit
+// loses only an access token, which is fetched again. No order closes two
+// windows: a crash between the upstream's reply and the commit loses the
+// new state, and a lock lost mid-redemption lets a second instance redeem
+// the same one. Either way the next redemption sends a replaced state; an
+// upstream with a reuse grace period answers it, a strict one refuses it
+// (ErrRefreshRevoked, permanent: each instance sends a refused state once,
+// callers get the error until SeedRefresh).
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,8 +52,11 @@ type RefreshState struct {
 
 // A Redeemer is the Fetcher of a credential refreshed with rotating
 // refresh state: it redeems refresh and returns the new token with the
-// state that replaces refresh. A Source calls it only under the
-// credential's lock, with the state read under that lock.
+// state that replaces refresh. A Source calls Redeem (never Fetch) only
+// under the credential's lock, with the state read under that lock; ctx
+// ends after Options.FetchTimeout but not when the lock is lost, because a
+// request the upstream may have acted on must not lose its reply. A Source
+// with a Redeemer cannot use Options.FetchWhenStoreDown.
 type Redeemer interface {
 	Fetcher
 	// Redeem exchanges refresh for a new token and the next refresh
@@ -69,68 +83,134 @@ type RefreshStore interface {
 	DeleteRefresh(ctx context.Context) error
 }
 
-// rotating returns the Fetcher a Source calls for f: f itself, or for a
-// Redeemer, one that redeems the stored refresh state and commits the next
-// one. It settles opts.RefreshStore.
-func rotating(f Fetcher, store Store, opts *Options) (Fetcher, error) {
+// A RotationSaver is a Store that also keeps the refresh state (it is the
+// RefreshStore) and can replace the state and save the token redeemed with
+// it in one step, as rediscache's Credential does in one Lua script: no
+// crash between the two writes, and one round trip. A Source uses it when
+// Options.RefreshStore is left to default to the Store.
+type RotationSaver interface {
+	// SaveRotated commits next as generation gen+1 and saves sh as Save
+	// does, in one step. If gen is no longer the stored generation (another
+	// instance redeemed the same state, or a new authorization was seeded)
+	// it writes nothing and returns an error wrapping ErrFenced. Otherwise
+	// it commits next even if a newer token is stored, and then returns an
+	// error wrapping ErrFenced: the upstream has replaced the old state.
+	SaveRotated(ctx context.Context, sh Shared, gen int64, next string) error
+}
+
+// commitAttempts bounds the writes of one new refresh state: a write whose
+// outcome is unknown (a timeout) is tried again, which the generation makes
+// safe.
+const commitAttempts = 3
+
+// rotation is how a Source redeems its Redeemer's refresh state. r, rs and
+// saver are written once, in NewSource.
+type rotation struct {
+	r  Redeemer
+	rs RefreshStore
+	// saver is the Store, when it is also rs and saves both in one step;
+	// nil otherwise.
+	saver RotationSaver
+	// refused is the last generation the upstream refused: it is never
+	// sent again (a new state has a new generation). 0: none.
+	refused atomic.Int64
+}
+
+// newRotation returns the rotation of f, or nil if f is not a Redeemer. It
+// settles opts.RefreshStore.
+func newRotation(f Fetcher, store Store, opts *Options) (*rotation, error) {
 	r, ok := f.(Redeemer)
 	if !ok {
-		return f, nil
+		return nil, nil
 	}
-	if opts.RefreshStore == nil {
+	if opts.FetchWhenStoreDown {
+		// Without the store's lock two instances would redeem one state.
+		return nil, errors.New("FetchWhenStoreDown cannot be used with a Redeemer")
+	}
+	rot := &rotation{r: r, rs: opts.RefreshStore}
+	if rot.rs == nil {
 		rs, ok := store.(RefreshStore)
 		if !ok {
 			return nil, errNoRefreshStore
 		}
-		opts.RefreshStore = rs
+		rot.rs, opts.RefreshStore = rs, rs
+		rot.saver, _ = store.(RotationSaver)
 	}
-	return &redeeming{r: r, rs: opts.RefreshStore, timeout: opts.FetchTimeout, log: opts.Logger}, nil
+	return rot, nil
 }
 
-// redeeming is the Fetcher of a Redeemer. The Source calls it only under the
-// credential's lock, so the state it reads is redeemed by one instance.
-type redeeming struct {
-	r       Redeemer
-	rs      RefreshStore
-	timeout time.Duration // bounds the commit, which must outlive the lock
-	log     *slog.Logger
+// rotated is a new refresh state to commit: it replaced generation gen.
+type rotated struct {
+	gen  int64
+	next string
 }
 
-// Fetch redeems the current refresh state, then commits the next one
-// durably before the token is shared: a crash after the commit costs only
-// the access token, which is fetched again.
-func (d *redeeming) Fetch(ctx context.Context) (Token, error) {
-	st, err := d.rs.LoadRefresh(ctx)
+// redeem redeems the refresh state read while the lock (lctx) is held. ctx
+// bounds the redemption and is not ended by losing the lock: cancelling a
+// request the upstream may already have acted on can only lose the state
+// that replaced the one sent.
+func (r *rotation) redeem(ctx, lctx context.Context) (fetched, error) {
+	st, err := r.rs.LoadRefresh(ctx)
 	if err != nil {
-		return Token{}, fmt.Errorf("load refresh state: %w", err)
+		return fetched{}, fmt.Errorf("load refresh state: %w", err)
 	}
-	tok, next, err := d.r.Redeem(ctx, st.Value)
-	if err != nil || next == "" || next == st.Value {
-		return tok, err
+	switch {
+	case lctx.Err() != nil:
+		// Lost before anything was sent: whoever holds it now redeems.
+		return fetched{}, context.Cause(lctx)
+	case st.Generation == r.refused.Load():
+		// Refused already: asking again cannot help, and an upstream
+		// counting reuse may take it as an attack.
+		return fetched{}, fmt.Errorf("refresh state generation %d refused before: %w", st.Generation, ErrRefreshRevoked)
 	}
-	// Committed even if the lock was lost meanwhile: the upstream has
-	// replaced the state, and the generation decides which commit wins.
-	cctx, cancel := detached(ctx, d.timeout)
-	defer cancel()
-	if err := d.rs.CommitRefresh(cctx, st.Generation, next); err != nil {
-		// Fenced: another instance redeemed the same state (this one lost
-		// its lock mid-redemption) or a new authorization was seeded; the
-		// stored state is theirs. Otherwise the new state is lost with
-		// this process: the next refresh will redeem the old one, which
-		// the upstream may refuse (ErrRefreshRevoked).
-		d.log.Error("tokencache: could not commit the new refresh state; the stored one was kept",
-			slog.Int64("generation", st.Generation), errAttr(err))
+	tok, next, err := r.r.Redeem(ctx, st.Value)
+	if err != nil {
+		if errors.Is(err, ErrRefreshRevoked) {
+			r.refused.Store(st.Generation)
+		}
+		return fetched{}, err
 	}
-	return tok, nil
+	f := fetched{tok: tok}
+	if next != "" && next != st.Value {
+		f.rot = &rotated{gen: st.Generation, next: next}
+	}
+	return f, nil
 }
 
-// Identity forwards the Redeemer's Identity, if it has one.
-func (d *redeeming) Identity() Identity {
-	if id, ok := d.r.(Identifier); ok {
-		return id.Identity()
+// commit writes a new refresh state with write, trying again a write whose
+// outcome is unknown. A fenced retry after such an error is checked: the
+// stored state may be the one the first try wrote.
+func (r *rotation) commit(ctx context.Context, rot *rotated, write func(context.Context) error) error {
+	var err error
+	for attempt := range commitAttempts {
+		if attempt > 0 {
+			t := time.NewTimer(time.Duration(attempt) * 100 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return err
+			}
+		}
+		err = write(ctx)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrFenced):
+			if attempt > 0 {
+				if st, lerr := r.rs.LoadRefresh(ctx); lerr == nil && st.Generation == rot.gen+1 && st.Value == rot.next {
+					return errFencedAfterCommit
+				}
+			}
+			return err
+		}
 	}
-	return Identity{}
+	return err
 }
+
+// errFencedAfterCommit: a retried write found its own state committed; the
+// token it carried may have been saved by the first try, or fenced.
+var errFencedAfterCommit = fmt.Errorf("token: refresh state committed by an earlier try: %w", ErrFenced)
 
 // SeedRefresh stores the first refresh state of a new authorization (from
 // the application's authorization callback), under a generation newer than

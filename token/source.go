@@ -34,6 +34,7 @@ type Source struct {
 type config struct {
 	name    string
 	fetcher Fetcher
+	rot     *rotation // nil unless the Fetcher is a Redeemer
 	store   Store
 	locker  Locker
 	opts    Options
@@ -71,12 +72,14 @@ func NewSource(name string, f Fetcher, store Store, locker Locker, opts Options)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
 	}
-	if f, err = rotating(f, store, &opts); err != nil {
+	rot, err := newRotation(f, store, &opts)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, name, err)
 	}
 	s := &Source{config: config{
 		name:      name,
 		fetcher:   f,
+		rot:       rot,
 		store:     store,
 		locker:    locker,
 		opts:      opts,

@@ -23,6 +23,10 @@
 //	events.go     notifications from the store, checked against its fence
 //	direct.go     Options.FetchWhenStoreDown
 //	outage.go     store outages, logged once
+//	refresh.go    rotating refresh state (a Redeemer's): loaded and redeemed
+//	              under the lock, committed before or with the token's save
+//	push.go       pushed values (Offer), and AwaitPush
+//	map.go        Map: a Source per key, evicted when idle
 //
 // The token moves through these states:
 //
@@ -44,7 +48,9 @@
 // Users need Token, Fetcher, Source and Options. A store implements Store
 // (TokenStore, BackoffStore and Notifier) and Locker with the types in
 // store.go (Shared, Fence, Event, SharedBackoff, Held and the errors a store
-// returns), and checks itself with tokentest.TestStore.
+// returns), and checks itself with tokentest.TestStore. A store of refresh
+// state implements RefreshStore (and, if it also keeps the tokens,
+// RotationSaver) and checks itself with tokentest.TestRefreshStore.
 package token
 
 import (

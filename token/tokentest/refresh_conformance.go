@@ -77,6 +77,12 @@ type RefreshCredential struct {
 //   - NoExpiry: state outlives any TTL (a year on the harness's clock);
 //     skipped without RefreshHarness.Advance.
 //   - Isolation: credentials do not share state.
+//   - SaveRotated, for a handle that is also a token.Store and a
+//     token.RotationSaver: with the stored generation it commits the state
+//     and saves the token; with another generation it writes neither (the
+//     token stays the older one) and returns ErrFenced; with the stored
+//     generation and a token version that is not newer, it commits the
+//     state and returns ErrFenced. Errors never contain the state.
 //
 // What token/refresh.go leaves open, TestRefreshStore does not check: the
 // empty value (a Source neither seeds nor commits one), values longer than
@@ -106,6 +112,7 @@ func TestRefreshStore(t *testing.T, h RefreshHarness) {
 		{"Values", s.values},
 		{"NoExpiry", s.noExpiry},
 		{"Isolation", s.isolation},
+		{"SaveRotated", s.saveRotated},
 	} {
 		t.Run(st.name, st.run)
 	}
@@ -555,4 +562,70 @@ func (s refreshSuite) isolation(t *testing.T) {
 	s.loadOK(t, two, "two", g2)
 	s.deleteOK(t, two, "of the other credential")
 	s.loadOK(t, one, "one-2", g1+1)
+}
+
+// rotationHandle is a handle that keeps tokens and refresh state and saves
+// both in one step.
+type rotationHandle interface {
+	token.Store
+	token.RefreshStore
+	token.RotationSaver
+}
+
+// saveRotated: the refresh state and the token are replaced together, and
+// a stale generation writes neither.
+func (s refreshSuite) saveRotated(t *testing.T) {
+	hs := s.handles(t, 2)
+	a, ok := hs[0].(rotationHandle)
+	if !ok {
+		t.Skip("not a token.RotationSaver")
+	}
+	b := hs[1]
+	ctx := t.Context()
+	g := s.seedOK(t, a, "refresh-1", 0)
+	shared := func(value string) token.Shared {
+		v, err := a.NextVersion(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return token.Shared{Value: value, Version: v, TTL: time.Minute, Lifetime: time.Minute}
+	}
+	first := shared("token-1")
+	if err := a.SaveRotated(ctx, first, g, "refresh-2"); err != nil {
+		t.Fatalf("SaveRotated of the stored generation: %v", err)
+	}
+	s.loadOK(t, b, "refresh-2", g+1)
+	s.tokenIs(t, a, first.Version, "after SaveRotated")
+
+	err := a.SaveRotated(ctx, shared("token-stale"), g, "secret-stale-rotation")
+	s.fencedErr(t, err, "secret-stale-rotation", "SaveRotated of a replaced generation")
+	s.loadOK(t, b, "refresh-2", g+1)
+	s.tokenIs(t, a, first.Version, "after a SaveRotated of a replaced generation")
+
+	older := first
+	older.Value = "token-older"
+	err = a.SaveRotated(ctx, older, g+1, "refresh-3")
+	s.fencedErr(t, err, "refresh-3", "SaveRotated of a token that is not newer")
+	s.loadOK(t, b, "refresh-3", g+2)
+	s.tokenIs(t, a, first.Version, "after a fenced token")
+}
+
+// tokenIs checks that st holds the token of version v.
+func (s refreshSuite) tokenIs(t *testing.T, st token.Store, v int64, when string) {
+	t.Helper()
+	sh, err := st.Load(t.Context())
+	if err != nil || sh.Version != v {
+		t.Errorf("%s: token version %d (%v), want %d", when, sh.Version, err, v)
+	}
+}
+
+// fencedErr checks that err wraps ErrFenced and does not contain secret.
+func (s refreshSuite) fencedErr(t *testing.T, err error, secret, what string) {
+	t.Helper()
+	if !errors.Is(err, token.ErrFenced) {
+		t.Errorf("%s: %v, want ErrFenced", what, err)
+	}
+	if err != nil && strings.Contains(err.Error(), secret) {
+		t.Errorf("%s: the error contains the refresh state: %v", what, err)
+	}
 }

@@ -166,3 +166,15 @@ func TestRefreshStoreCatches(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreRefreshConformance runs the suite on tokentest.Store, which is
+// also a token.RotationSaver: SaveRotated runs.
+func TestStoreRefreshConformance(t *testing.T) {
+	tokentest.TestRefreshStore(t, tokentest.RefreshHarness{
+		New: func(t *testing.T) tokentest.RefreshCredential {
+			st := tokentest.NewStore()
+			return tokentest.RefreshCredential{Open: func() token.RefreshStore { return st }}
+		},
+		Advance: func(time.Duration) {},
+	})
+}

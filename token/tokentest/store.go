@@ -355,6 +355,14 @@ func (s *Store) CommitRefresh(ctx context.Context, gen int64, next string) error
 	return nil
 }
 
+// SaveRotated implements token.RotationSaver: the commit, then the save.
+func (s *Store) SaveRotated(ctx context.Context, sh token.Shared, gen int64, next string) error {
+	if err := s.CommitRefresh(ctx, gen, next); err != nil {
+		return err
+	}
+	return s.Save(ctx, sh)
+}
+
 // SeedRefresh implements token.RefreshStore.
 func (s *Store) SeedRefresh(ctx context.Context, value string) (int64, error) {
 	s.count()

@@ -1,0 +1,289 @@
+package token_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+// journal records the writes of a token store and a separate refresh
+// store, in order.
+type journal struct {
+	mu     sync.Mutex
+	writes []string
+	// failSaves makes the next Saves fail, as a crash between the commit
+	// and the token's save would leave the store.
+	failSaves int
+}
+
+func (j *journal) add(w string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.writes = append(j.writes, w)
+}
+
+func (j *journal) String() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return strings.Join(j.writes, " ")
+}
+
+// journaledStore is a token store that is not a RefreshStore.
+type journaledStore struct {
+	*tokentest.Store
+	j *journal
+}
+
+func (s journaledStore) Save(ctx context.Context, sh token.Shared) error {
+	s.j.mu.Lock()
+	fail := s.j.failSaves > 0
+	if fail {
+		s.j.failSaves--
+	}
+	s.j.mu.Unlock()
+	if fail {
+		s.j.add("save-failed")
+		return errors.New("connection reset")
+	}
+	s.j.add("save")
+	return s.Store.Save(ctx, sh)
+}
+
+// journaledRefresh is a separate RefreshStore. flaky makes commits fail
+// after they were applied (a reply lost to a timeout) or without being
+// applied; either way the caller sees an error.
+type journaledRefresh struct {
+	rs token.RefreshStore
+	j  *journal
+	mu sync.Mutex
+	// lostReplies: the next commits are applied but report an error.
+	// refused: the next commits fail unapplied.
+	lostReplies, refused int
+}
+
+func (r *journaledRefresh) LoadRefresh(ctx context.Context) (token.RefreshState, error) {
+	return r.rs.LoadRefresh(ctx)
+}
+func (r *journaledRefresh) SeedRefresh(ctx context.Context, v string) (int64, error) {
+	return r.rs.SeedRefresh(ctx, v)
+}
+func (r *journaledRefresh) DeleteRefresh(ctx context.Context) error { return r.rs.DeleteRefresh(ctx) }
+
+func (r *journaledRefresh) CommitRefresh(ctx context.Context, gen int64, next string) error {
+	r.mu.Lock()
+	lost, refused := r.lostReplies > 0, r.refused > 0 && r.lostReplies == 0
+	if lost {
+		r.lostReplies--
+	} else if refused {
+		r.refused--
+	}
+	r.mu.Unlock()
+	if refused {
+		r.j.add("commit-failed")
+		return errors.New("i/o timeout")
+	}
+	err := r.rs.CommitRefresh(ctx, gen, next)
+	switch {
+	case err != nil:
+		r.j.add("commit-fenced")
+		return err
+	case lost:
+		r.j.add("commit-reply-lost")
+		return errors.New("i/o timeout")
+	}
+	r.j.add("commit")
+	return nil
+}
+
+// errorLog counts errors logged.
+type errorLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *errorLog) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelError }
+func (l *errorLog) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *errorLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *errorLog) WithGroup(string) slog.Handler      { return l }
+func (l *errorLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.msgs)
+}
+
+// separateSources returns n Sources of one credential whose refresh state
+// lives in a separate store (as extra/pgrefresh keeps it), seeded.
+func separateSources(t *testing.T, up *tokentest.Rotating, n int, log *slog.Logger) ([]*token.Source, *journal, *journaledRefresh) {
+	t.Helper()
+	j := &journal{}
+	st := journaledStore{Store: tokentest.NewStore(), j: j}
+	rs := &journaledRefresh{rs: tokentest.NewStore(), j: j}
+	var srcs []*token.Source
+	for range n {
+		s, err := token.NewSource("authorizer", up, st, st.Store, token.Options{Logger: log, RefreshStore: rs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		srcs = append(srcs, s)
+	}
+	if err := srcs[0].SeedRefresh(t.Context(), up.Authorize()); err != nil {
+		t.Fatal(err)
+	}
+	return srcs, j, rs
+}
+
+// TestSeparateRefreshStoreCommitsFirst: with the refresh state in a store
+// of its own, each new state is committed before the token redeemed with
+// it is saved; a failed save after the commit (a crash between the two)
+// costs only the access token: the next refresh redeems the new state,
+// and nothing is revoked.
+func TestSeparateRefreshStoreCommitsFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.NewRotating(10 * time.Second)
+		srcs, j, _ := separateSources(t, up, 2, quiet)
+		ctx := context.Background()
+		call := func(s *token.Source, when string) {
+			t.Helper()
+			if tok, err := s.Token(ctx); err != nil || !up.Valid(tok.Value) {
+				t.Fatalf("Token %s: %v", when, err)
+			}
+		}
+		for range 3 {
+			call(srcs[0], "")
+			time.Sleep(10 * time.Second)
+		}
+		j.mu.Lock()
+		j.failSaves = 1
+		j.mu.Unlock()
+		for range 2 {
+			time.Sleep(10 * time.Second) // a refresh meets the failed save
+			call(srcs[0], "after the lost save")
+			call(srcs[1], "on the other instance after the lost save")
+		}
+		// Each token was saved (or failed to be) right after its state was
+		// committed, and the state after the lost save was redeemed.
+		got := strings.Fields(j.String())
+		failed := 0
+		for i, w := range got {
+			switch {
+			case strings.HasPrefix(w, "save") && (i == 0 || got[i-1] != "commit"):
+				t.Errorf("write %d (%s) not right after a commit", i, w)
+			case w == "save-failed":
+				failed++
+				if i+2 >= len(got) || got[i+1] != "commit" || got[i+2] != "save" {
+					t.Errorf("after the failed save: %v, want a commit and a save", got[i+1:])
+				}
+			}
+		}
+		t.Logf("writes: %s", j)
+		if failed != 1 || up.Revocations() != 0 {
+			t.Errorf("%d failed saves (want 1), %d revocations (want 0)", failed, up.Revocations())
+		}
+	})
+}
+
+// TestCommitRetried: a commit whose reply is lost (applied, but reported
+// as a timeout) is tried again; the retry is fenced, finds its own state
+// stored, and nothing is logged as lost. A commit that fails every try is
+// logged as an error, and the state it carried is lost: the next refresh
+// redeems the replaced one, which a strict upstream refuses, once.
+func TestCommitRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.NewRotating(10 * time.Second)
+		errs := &errorLog{}
+		srcs, j, rs := separateSources(t, up, 1, slog.New(errs))
+		ctx := context.Background()
+		rs.lostReplies = 1
+		if _, err := srcs[0].Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := j.String(), "commit-reply-lost commit-fenced save"; got != want {
+			t.Errorf("writes: %s, want %s", got, want)
+		}
+		if errs.count() != 0 {
+			t.Errorf("%d errors logged for a commit that was applied", errs.count())
+		}
+		time.Sleep(10 * time.Second)
+		if tok, err := srcs[0].Token(ctx); err != nil || !up.Valid(tok.Value) {
+			t.Fatalf("after the retried commit: %v", err)
+		}
+
+		rs.mu.Lock()
+		rs.refused = 3
+		rs.mu.Unlock()
+		time.Sleep(10 * time.Second)
+		if _, err := srcs[0].Token(ctx); err != nil {
+			t.Fatal(err) // the token is good; its refresh state is lost
+		}
+		if errs.count() != 1 {
+			t.Errorf("%d errors logged for a lost refresh state, want 1", errs.count())
+		}
+		time.Sleep(10 * time.Second)
+		if _, err := srcs[0].Token(ctx); !errors.Is(err, token.ErrRefreshRevoked) {
+			t.Errorf("after the lost state: %v, want ErrRefreshRevoked", err)
+		}
+		if up.Revocations() != 1 {
+			t.Errorf("%d revocations, want 1", up.Revocations())
+		}
+	})
+}
+
+// TestRevokedNeverLoops: callers of a credential whose refresh state the
+// upstream refuses get ErrRefreshRevoked; each instance sends that state
+// at most once, however long they keep asking.
+func TestRevokedNeverLoops(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.NewRotating(time.Hour)
+		st := tokentest.NewStore()
+		srcs := rotatingSources(t, up, st, 4, st)
+		ctx := context.Background()
+		if err := srcs[0].SeedRefresh(ctx, "rt-unknown-to-the-upstream"); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		other := 0
+		for _, s := range srcs {
+			for range 8 {
+				wg.Go(func() {
+					for start := time.Now(); time.Since(start) < 3*time.Hour; time.Sleep(time.Second) {
+						if _, err := s.Token(ctx); !errors.Is(err, token.ErrRefreshRevoked) {
+							mu.Lock()
+							other++
+							mu.Unlock()
+						}
+					}
+				})
+			}
+		}
+		wg.Wait()
+		t.Logf("4 instances × 8 goroutines, one call a second for 3 hours: %d redemptions", up.Redemptions())
+		if up.Redemptions() > len(srcs) || other != 0 {
+			t.Errorf("%d redemptions (want at most %d: one per instance), %d results other than ErrRefreshRevoked", up.Redemptions(), len(srcs), other)
+		}
+	})
+}
+
+// TestRedeemerNeedsTheLock: FetchWhenStoreDown fetches without the lock,
+// so two instances could redeem one state: it is refused with a Redeemer.
+func TestRedeemerNeedsTheLock(t *testing.T) {
+	st := tokentest.NewStore()
+	_, err := token.NewSource("authorizer", tokentest.NewRotating(time.Hour), st, st, token.Options{FetchWhenStoreDown: true})
+	if !errors.Is(err, token.ErrInvalidConfig) {
+		t.Errorf("NewSource: %v, want ErrInvalidConfig", err)
+	}
+}
