@@ -10,6 +10,19 @@
 //	{<prefix><name>}:backoff        a hash: failed refreshes, and until when nobody fetches
 //	{<prefix><name>}:order          the issuer's order of the last pushed value, with its TTL
 //	{<prefix><name>}:limit:<action> a hash: a Limiter's count for the day
+//	{<prefix><name>}:refresh        a hash: the rotating refresh state, with no TTL
+//
+// The refresh state (a Credential used as a token.RefreshStore) is the
+// only copy of a rotating refresh token: losing it, or getting an older
+// one back, means authorizing again. Redis keeps it only with persistence
+// that loses no acknowledged write (appendonly yes, appendfsync everysec
+// or always; RDB snapshots alone restore a state the upstream has replaced
+// since) and a maxmemory-policy that never evicts keys without a TTL
+// (noeviction or volatile-*). With replicas, a failover loses a commit the
+// replica had not received: follow commits with WAIT. A Cache checks the
+// configuration the first time its refresh state is used and logs one
+// warning (see CheckDurability). Where Redis is a cache, keep the refresh
+// state in a durable store (token.Options.RefreshStore: extra/pgrefresh).
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
 // can never overwrite a newer token. Every write and invalidation is
@@ -128,6 +141,8 @@ type Cache struct {
 	scope     *scope  // the channels events are published on
 	malformed rateLog // warnings about malformed notifications
 	listener  listenerState
+
+	durability durabilityCheck // the automatic check of the refresh store
 }
 
 // listenerState is the subscription's state, shared by watch, unwatch and

@@ -38,6 +38,7 @@ func (c *Credential) encodeRefresh(gen int64, value string) (string, error) {
 
 // LoadRefresh implements token.RefreshStore.
 func (c *Credential) LoadRefresh(ctx context.Context) (token.RefreshState, error) {
+	c.s.checkDurabilityOnce(ctx)
 	res, err := c.s.rdb.HMGet(ctx, c.refreshKey(), "gen", "v").Result()
 	if err != nil {
 		return token.RefreshState{}, fmt.Errorf("rediscache: load refresh state of %s: %w", c.name, err)
@@ -134,6 +135,7 @@ return 1
 
 // SeedRefresh implements token.RefreshStore.
 func (c *Credential) SeedRefresh(ctx context.Context, value string) (int64, error) {
+	c.s.checkDurabilityOnce(ctx)
 	// The sealed state is bound to its generation, so it is sealed before
 	// the script: try again if a commit took the generation meanwhile.
 	for range 5 {

@@ -70,7 +70,9 @@
 // refuses the old state (OAuth2 invalid_grant, WeChat 61023): the Source
 // reports token.ErrRefreshRevoked, a permanent error for that credential,
 // and never retries in a loop; only a new authorization (SeedRefresh)
-// ends it. Providers with a reuse grace period (a replaced refresh token
+// ends it. The lock lives in Redis: a FLUSHALL or restart of Redis during
+// a redemption frees it just the same. Between redemptions, they cost
+// only access tokens. Providers with a reuse grace period (a replaced refresh token
 // still accepted for a short while) shrink this window to nothing for
 // crashes shorter than the grace period.
 //
