@@ -19,10 +19,10 @@
 // or always; RDB snapshots alone restore a state the upstream has replaced
 // since) and a maxmemory-policy that never evicts keys without a TTL
 // (noeviction or volatile-*). With replicas, a failover loses a commit the
-// replica had not received: follow commits with WAIT. A Cache checks the
+// replica had not received: set RefreshReplicas (WAIT). A Cache checks the
 // configuration the first time its refresh state is used and logs one
 // warning (see CheckDurability). Where Redis is a cache, keep the refresh
-// state in a durable store (token.Options.RefreshStore: extra/pgrefresh).
+// state in a durable store (Options.RefreshStores: extra/pgrefresh).
 //
 // Writes are compare-and-set on the version, so a refresher that lost its lock
 // can never overwrite a newer token. Every write and invalidation is
@@ -107,6 +107,13 @@ type Options struct {
 	RefreshReplicas int
 	// RefreshReplicaTimeout bounds each wait of RefreshReplicas. Default 1s.
 	RefreshReplicaTimeout time.Duration
+	// RefreshStores, if set, returns the durable store of each
+	// credential's refresh state (see token.Redeemer), such as
+	// extra/pgrefresh's Store.RefreshStore. Called once per Source whose
+	// Fetcher is a Redeemer. Default: the state is kept in Redis, beside
+	// the token. (Source.RefreshStore cannot be used here: it would be one
+	// state for every credential of the Cache.)
+	RefreshStores func(name string) (token.RefreshStore, error)
 	// Source configures every Source the Cache makes. Its zero value takes
 	// the defaults documented on token.Options.
 	Source token.Options
@@ -178,6 +185,8 @@ func New(rdb redis.UniversalClient, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("%w: prefix %q holds braces or white space", ErrInvalidName, opts.Prefix)
 	case opts.LockTTL < minLockTTL:
 		return nil, fmt.Errorf("%w: LockTTL %v is shorter than %v", token.ErrInvalidConfig, opts.LockTTL, minLockTTL)
+	case opts.Source.RefreshStore != nil:
+		return nil, fmt.Errorf("%w: Source.RefreshStore would hold one refresh state for every credential of the Cache: set RefreshStores", token.ErrInvalidConfig)
 	case opts.RefreshReplicas > 0 && !canWait(rdb):
 		return nil, fmt.Errorf("%w: RefreshReplicas needs a *redis.Client or *redis.ClusterClient, not %T", token.ErrInvalidConfig, rdb)
 	}
@@ -209,7 +218,13 @@ func (s *Cache) Source(name string, f token.Fetcher) (*token.Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return token.NewSource(name, f, c, c, s.opts.Source)
+	o := s.opts.Source
+	if _, ok := f.(token.Redeemer); ok && s.opts.RefreshStores != nil {
+		if o.RefreshStore, err = s.opts.RefreshStores(name); err != nil {
+			return nil, fmt.Errorf("rediscache: refresh store of %s: %w", name, err)
+		}
+	}
+	return token.NewSource(name, f, c, c, o)
 }
 
 // NewSource is New(rdb, opts).Source(name, f): a Source with a Cache of its

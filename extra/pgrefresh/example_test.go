@@ -9,14 +9,21 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // or any PostgreSQL driver for database/sql
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tokencache/tokencache/extra/pgrefresh"
+	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
 )
 
+// authorizerRedeemer stands for the credential's token.Redeemer (such as
+// wechat's authorizer fetcher).
+var authorizerRedeemer token.Redeemer
+
 // Keep a credential's rotating refresh token in PostgreSQL: seed it from
-// the application's authorization callback, and give the Credential to the
-// credential's Source as its RefreshStore. (It needs a server, so it is
-// compiled but not run.)
+// the application's authorization callback, and give the Store to
+// rediscache as the place of every credential's refresh state. (It needs
+// servers, so it is compiled but not run.)
 func Example() {
 	ctx := context.Background()
 	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
@@ -43,9 +50,18 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	// cred is a token.RefreshStore: a Source whose Fetcher is a
-	// token.Redeemer loads, redeems and commits the state through it.
-	var _ token.RefreshStore = cred
+	// Sources of the Cache whose Fetcher is a token.Redeemer load, redeem
+	// and commit their state in PostgreSQL; access tokens stay in Redis.
+	cache, err := rediscache.New(redis.NewClient(&redis.Options{Addr: os.Getenv("REDIS_ADDR")}),
+		rediscache.Options{RefreshStores: store.RefreshStore})
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := cache.Source("wechat-open:wx0123456789", authorizerRedeemer)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
 	st, err := cred.LoadRefresh(ctx)
 	switch {
 	case errors.Is(err, token.ErrNoRefreshState):

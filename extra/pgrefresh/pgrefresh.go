@@ -169,6 +169,18 @@ func (s *Store) Credential(name string) (*Credential, error) {
 	return &Credential{s: s, name: name}, nil
 }
 
+// RefreshStore is Credential as a token.RefreshStore, for
+// rediscache.Options.RefreshStores:
+//
+//	cache, err := rediscache.New(rdb, rediscache.Options{RefreshStores: store.RefreshStore})
+func (s *Store) RefreshStore(name string) (token.RefreshStore, error) {
+	c, err := s.Credential(name)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 func validName(name string) error {
 	if name == "" || len(name) > MaxNameLen {
 		return fmt.Errorf("%w: length %d (want 1 to %d)", ErrInvalidName, len(name), MaxNameLen)

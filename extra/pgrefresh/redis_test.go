@@ -312,8 +312,9 @@ func (r *rig) instance(i int) []*token.Source {
 	var srcs []*token.Source
 	for j, name := range r.names {
 		cache, err := rediscache.New(rdb, rediscache.Options{
-			Prefix: "tcpg:",
-			Source: token.Options{RefreshStore: credential(t, r.stores[i%len(r.stores)], name), Logger: r.logs.logger()},
+			Prefix:        "tcpg:",
+			Source:        token.Options{Logger: r.logs.logger()},
+			RefreshStores: r.stores[i%len(r.stores)].RefreshStore,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -664,7 +665,7 @@ func (u *blockingUpstream) Redeem(ctx context.Context, refresh string) (token.To
 func pgInstance(t *testing.T, addr string, store *pgrefresh.Store, name string, up token.Redeemer) *token.Source {
 	rdb := redis.NewClient(redisOptions(addr))
 	t.Cleanup(func() { _ = rdb.Close() })
-	o := rediscache.Options{Prefix: "tcwin:", Source: token.Options{RefreshStore: credential(t, store, name), Logger: slog.New(slog.DiscardHandler)}}
+	o := rediscache.Options{Prefix: "tcwin:", RefreshStores: store.RefreshStore, Source: token.Options{Logger: slog.New(slog.DiscardHandler)}}
 	cache, err := rediscache.New(rdb, o)
 	if err != nil {
 		t.Fatal(err)
