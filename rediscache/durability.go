@@ -101,7 +101,7 @@ func (e *DurabilityError) Unwrap() error { return ErrNotDurable }
 // when servers differ. Any other error (the network, ctx) matches neither:
 // the check could not run. It cannot see replication: with replicas, a
 // failover can lose a commit the primary acknowledged, unless the commit is
-// followed by WAIT.
+// followed by WAIT (Options.RefreshReplicas).
 //
 // A Cache runs this check by itself the first time its refresh state is
 // used (LoadRefresh or SeedRefresh) and logs one warning if it fails.
@@ -209,8 +209,8 @@ func (s *Cache) checkDurabilityOnce(ctx context.Context) {
 
 // durabilityAdvice is how to make Redis keep refresh state.
 const durabilityAdvice = "set maxmemory-policy noeviction (or volatile-*), appendonly yes with appendfsync everysec (or always); " +
-	"with replicas, WAIT for them after each commit, or a failover can lose it; " +
-	"or keep refresh state in a durable store (token.Options.RefreshStore, e.g. extra/pgrefresh)"
+	"with replicas, set RefreshReplicas (WAIT), or a failover can lose a commit; " +
+	"or keep refresh state in a durable store (Options.RefreshStores, e.g. extra/pgrefresh)"
 
 // logDurability logs the outcome of the automatic check: one warning if
 // Redis may lose refresh state or would not say.

@@ -72,12 +72,21 @@ type Options struct {
 
 // DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix
 // (one with a Permanent() bool method that returns true, such as wrong
-// credentials or a spent quota), and otherwise 1s, 2s, 4s, ... up to a
-// minute, each ±20% so that instances do not retry in step.
+// credentials or a spent quota); as long as the upstream asked after an
+// error with a RetryAfter() time.Duration method that returns more than
+// zero (an HTTP 429 or 503 with Retry-After), up to an hour; and otherwise
+// 1s, 2s, 4s, ... up to a minute, each ±20% so that instances do not retry
+// in step.
 func DefaultBackoffPolicy(err error, failures int) time.Duration {
 	var p interface{ Permanent() bool }
 	if errors.As(err, &p) && p.Permanent() {
 		return 10 * time.Minute
+	}
+	var ra interface{ RetryAfter() time.Duration }
+	if errors.As(err, &ra) {
+		if d := ra.RetryAfter(); d > 0 {
+			return min(d, time.Hour)
+		}
 	}
 	d := min(time.Second<<min(max(failures-1, 0), 6), time.Minute)
 	return d*4/5 + rand.N(d*2/5+1)

@@ -103,6 +103,18 @@ func (s *Source) Token(ctx context.Context) (Token, error) {
 	return s.slow(ctx)
 }
 
+// Cached returns the near-cached token if Token would return it at once:
+// no I/O, no lock, no allocation, no context needed. ok is false when Token
+// would have to do more (a refresh, a wait, or recording the first use of
+// a phase); call Token then. Adapters to APIs without a context (an
+// oauth2.TokenSource) use it to bound only the slow path with a timeout.
+func (s *Source) Cached() (tok Token, ok bool) {
+	if e := s.near.cur.Load(); e != nil && e.state.Load() == stateFresh {
+		return e.tok, true
+	}
+	return Token{}, false
+}
+
 func (s *Source) slow(ctx context.Context) (Token, error) {
 	e := s.near.cur.Load()
 	if e != nil && e.state.Load() == stateIdle {

@@ -1,0 +1,144 @@
+package oauth
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/tokencache/tokencache/token"
+)
+
+// Invalidator is what Transport takes tokens from: a *token.Source.
+type Invalidator interface {
+	Source
+	// Invalidate reports that the API rejected bad; it fetches nothing if
+	// bad was already replaced.
+	Invalidate(ctx context.Context, bad string) error
+}
+
+// Transport is an http.RoundTripper that sends each request with the
+// cluster's bearer token. When the API rejects the token (401 with
+// WWW-Authenticate: Bearer error="invalid_token", RFC 6750 section 3.1) it
+// invalidates that token (compare-before-invalidate: a token another caller
+// already replaced fetches nothing, so a storm of 401s costs one fetch) and
+// sends the request once more with the new one. A request whose body cannot
+// be replayed (a body without GetBody) is not sent again: its 401 is
+// returned.
+type Transport struct {
+	// Tokens supplies the token.
+	Tokens Invalidator
+	// Base defaults to http.DefaultTransport.
+	Base http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	ctx := req.Context()
+	tok, err := t.Tokens.Token(ctx)
+	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("oauth: token: %w", err)
+	}
+	resp, err := base.RoundTrip(authorized(req, req.Body, tok))
+	if err != nil || !rejected(resp) || !replayable(req) {
+		return resp, err
+	}
+	// The reply is discarded for the retry: drain a little of it so the
+	// connection can be reused.
+	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	resp.Body.Close()
+	if err := t.Tokens.Invalidate(ctx, tok.Value); err != nil {
+		return nil, fmt.Errorf("oauth: invalidating a rejected token: %w", err)
+	}
+	if tok, err = t.Tokens.Token(ctx); err != nil {
+		return nil, fmt.Errorf("oauth: token: %w", err)
+	}
+	body := req.Body
+	if req.GetBody != nil {
+		if body, err = req.GetBody(); err != nil {
+			return nil, fmt.Errorf("oauth: replaying the request body: %w", err)
+		}
+	}
+	return base.RoundTrip(authorized(req, body, tok))
+}
+
+// authorized is a copy of req with body and tok's Authorization header;
+// req itself is not modified (http.RoundTripper's rule).
+func authorized(req *http.Request, body io.ReadCloser, tok token.Token) *http.Request {
+	r := req.Clone(req.Context())
+	r.Body = body
+	r.Header.Set("Authorization", "Bearer "+tok.Value)
+	return r
+}
+
+func replayable(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// rejected reports whether resp says the bearer token is invalid.
+func rejected(resp *http.Response) bool {
+	if resp.StatusCode != http.StatusUnauthorized {
+		return false
+	}
+	for _, h := range resp.Header.Values("WWW-Authenticate") {
+		if bearerError(h) == "invalid_token" {
+			return true
+		}
+	}
+	return false
+}
+
+// bearerError returns the error parameter of a Bearer challenge in h (RFC
+// 6750 section 3; RFC 9110 section 11.2), or "".
+func bearerError(h string) string {
+	scheme, params, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	for params != "" {
+		var name, value string
+		name, params, _ = strings.Cut(params, "=")
+		name = strings.TrimSpace(strings.TrimLeft(name, ", "))
+		value, params = paramValue(strings.TrimLeft(params, " "))
+		if strings.EqualFold(name, "error") {
+			return value
+		}
+	}
+	return ""
+}
+
+// paramValue splits a token or quoted-string off the front of s.
+func paramValue(s string) (value, rest string) {
+	if !strings.HasPrefix(s, `"`) {
+		v, rest, _ := strings.Cut(s, ",")
+		return strings.TrimSpace(v), rest
+	}
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			if i+1 < len(s) {
+				i++
+				b.WriteByte(s[i])
+			}
+		case '"':
+			_, rest, _ = strings.Cut(s[i+1:], ",")
+			return b.String(), rest
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String(), ""
+}
