@@ -161,6 +161,18 @@ func (e *BackoffError) Is(target error) bool {
 	return ok && s == target
 }
 
+// Permanent reports whether the last failure was one retrying cannot fix,
+// by its class, so that it holds on every instance, not only on the one
+// that saw the failure.
+func (e *BackoffError) Permanent() bool {
+	if e.Class == ClassPermanent {
+		return true
+	}
+	var p interface{ Permanent() bool }
+	s, ok := classSentinels[e.Class]
+	return ok && errors.As(s, &p) && p.Permanent()
+}
+
 // permanentError is an error that DefaultBackoffPolicy treats as permanent.
 type permanentError string
 
