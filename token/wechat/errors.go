@@ -45,6 +45,14 @@ func (e *Error) Permanent() bool { return IsPermanent(e) || IsQuota(e) }
 // instance through the backoff record (the message is not shared).
 func (e *Error) ErrorCode() string { return strconv.Itoa(e.Code) }
 
+// Is reports whether e matches target: an errcode that refuses an Open
+// Platform authorization (61023, 61003; see IsRefreshRevoked) matches
+// token.ErrRefreshRevoked, so that a token.Source treats it as refused
+// refresh state, and every instance learns it through the backoff record.
+func (e *Error) Is(target error) bool {
+	return target == token.ErrRefreshRevoked && isRefreshRevokedCode(e.Code)
+}
+
 // Error codes with a meaning for token handling. See
 // https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html
 const (
@@ -58,6 +66,15 @@ const (
 	CodeQuotaLimit        = 45011 // API call too frequent
 	CodeIPNotWhitelisted  = 40164 // caller's IP not in the whitelist
 	CodeInvalidSecretRule = 40243 // AppSecret frozen
+
+	// Open Platform (第三方平台). See
+	// https://developers.weixin.qq.com/doc/oplatform/Return_codes/Return_code_descriptions_new.html
+	CodeNotAuthorized        = 61003 // the account has not authorized the platform, or revoked it
+	CodeComponentIPNotListed = 61004 // caller's IP not in the platform's whitelist
+	CodeTicketExpired        = 61005 // component_verify_ticket expired: use the latest one pushed
+	CodeTicketInvalid        = 61006 // component_verify_ticket invalid: use the latest one pushed
+	CodeInvalidComponent     = 61011 // not a third-party platform's AppID
+	CodeRefreshTokenInvalid  = 61023 // authorizer_refresh_token invalid: lost, wrong, or authorization renewed
 )
 
 // IsInvalidToken reports whether err says the access token used was invalid,
@@ -77,10 +94,28 @@ func IsQuota(err error) bool { return hasCode(err, CodeDailyQuota, CodeQuotaLimi
 
 // IsPermanent reports whether err is a credential or configuration problem
 // that retrying cannot fix: wrong AppID or AppSecret, IP not whitelisted,
-// frozen secret, API disabled for the account.
+// frozen secret, API disabled for the account, not a third-party platform,
+// or an authorization refused (IsRefreshRevoked).
 func IsPermanent(err error) bool {
-	return hasCode(err, CodeInvalidAppID, CodeInvalidAppSecret, CodeIPNotWhitelisted, CodeInvalidSecretRule,
-		61004, 89503, 89506, 89507)
+	return IsRefreshRevoked(err) || hasCode(err, CodeInvalidAppID, CodeInvalidAppSecret, CodeIPNotWhitelisted,
+		CodeInvalidSecretRule, CodeComponentIPNotListed, CodeInvalidComponent, 89503, 89506, 89507)
+}
+
+// IsRefreshRevoked reports whether err says that an authorizer's
+// authorization is gone: the authorizer_refresh_token was refused (61023:
+// lost and replaced by a guess, from an authorization since renewed, or
+// redeemed after WeChat replaced it) or the account has not authorized the
+// platform (61003: never, or it revoked the authorization). Only a new
+// authorization, or the current refresh token fetched with
+// api_get_authorizer_list, ends it (token.Source.SeedRefresh). Such an error
+// also matches token.ErrRefreshRevoked.
+func IsRefreshRevoked(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && isRefreshRevokedCode(e.Code)
+}
+
+func isRefreshRevokedCode(code int) bool {
+	return code == CodeRefreshTokenInvalid || code == CodeNotAuthorized
 }
 
 // IsTemporary reports whether err is worth retrying later: errcode -1
@@ -135,7 +170,7 @@ func redactURL(raw string) string {
 			q.Set(k, "REDACTED")
 		}
 	}
-	for _, k := range []string{"access_token", "ticket"} {
+	for _, k := range []string{"access_token", "ticket", "component_access_token"} {
 		if q.Has(k) {
 			q.Set(k, token.Redact(q.Get(k)))
 		}

@@ -1,6 +1,8 @@
 // Package wechat fetches WeChat official-account credentials (access_token,
-// stable access_token, jsapi_ticket) for a token.Source, and calls the API
-// with the shared token through a Transport that invalidates and retries once
+// stable access_token, jsapi_ticket) and Open Platform ones
+// (component_access_token, and authorizer_access_token redeemed with a
+// refresh token: authorizer.go) for a token.Source, and calls the API with
+// the shared token through a Transport that invalidates and retries once
 // when WeChat rejects it.
 //
 // The AppSecret never appears in an error or a log line, and tokens in

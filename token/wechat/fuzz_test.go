@@ -4,11 +4,14 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/token"
 )
 
 // FuzzParseReply feeds arbitrary bodies to the reply parsers: they never
 // panic, every failure is a *Error or wraps ErrBadReply, and a success is a
-// non-empty token with a sane lifetime.
+// non-empty token with a sane lifetime (and, for an authorizer's, a next
+// refresh token that is new and short enough to store).
 func FuzzParseReply(f *testing.F) {
 	for _, s := range []string{
 		`{"access_token":"ACCESS_TOKEN","expires_in":7200}`,
@@ -19,6 +22,11 @@ func FuzzParseReply(f *testing.F) {
 		`<html>502</html>`,
 		`{"errcode":"40001"}`,
 		`[]`,
+		`{"authorizer_access_token":"A","expires_in":7200,"authorizer_refresh_token":"refreshtoken@@@next"}`,
+		`{"authorizer_access_token":"A","expires_in":7200,"authorizer_refresh_token":"RT"}`,
+		`{"authorizer_access_token":"A","expires_in":7200,"authorizer_refresh_token":7}`,
+		`{"authorizer_access_token":"A","expires_in":7200,"authorizer_refresh_token":null}`,
+		`{"errcode":61023,"errmsg":"refresh_token is invalid"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -42,6 +50,16 @@ func FuzzParseReply(f *testing.F) {
 			if tok.Value == "" || !tok.ExpiresAt.After(sent) || tok.ExpiresAt.Sub(sent) > maxExpiresIn*time.Second {
 				t.Fatalf("parseTokenReply accepted %q: %v", body, tok)
 			}
+		}
+		tok, next, err := parseAuthorizerReply("op", body, "RT", sent)
+		if err != nil {
+			if !errors.Is(err, ErrBadReply) {
+				t.Fatalf("parseAuthorizerReply: untyped error %v", err)
+			}
+			return
+		}
+		if tok.Value == "" || !tok.ExpiresAt.After(sent) || next == "RT" || len(next) > token.MaxTokenLen {
+			t.Fatalf("parseAuthorizerReply accepted %q: %v, next of %d bytes", body, tok, len(next))
 		}
 	})
 }

@@ -1,7 +1,8 @@
 // Package wechattest is a fake WeChat API server for tests, in the style of
 // net/http/httptest. It implements the classic and stable access_token
-// endpoints, jsapi/wx_card tickets, and two ordinary APIs that check the
-// access_token the way WeChat does, with counters for every endpoint and
+// endpoints, jsapi/wx_card tickets, two ordinary APIs that check the
+// access_token the way WeChat does, and the Open Platform's component and
+// authorizer tokens (open.go), with counters for every endpoint and
 // injectable failures.
 package wechattest
 
@@ -43,6 +44,22 @@ type Options struct {
 	// TokenLen is the length of issued tokens. Default 512, the length
 	// WeChat tells developers to reserve.
 	TokenLen int
+
+	// ComponentAppID and ComponentSecret are the Open Platform third-party
+	// platform's credentials the server accepts. Defaults
+	// DefaultComponentAppID and DefaultComponentSecret.
+	ComponentAppID, ComponentSecret string
+	// RotateAuthorizerRefresh makes each redemption of an
+	// authorizer_refresh_token return a new one and retire the one redeemed:
+	// redeeming a retired one again answers 61023 and revokes the
+	// authorization. WeChat documents that the authorizer_refresh_token
+	// stays valid, unchanged, until the account revokes or renews the
+	// authorization, and developers observe the same value returned; its
+	// staff also tell developers to save a refreshed value when one is
+	// returned (the old one then lasts a 5-minute transition). The default,
+	// false, is the documented behaviour; true is the strict worst case, with
+	// no transition, that catches a double redemption.
+	RotateAuthorizerRefresh bool
 }
 
 // Credentials the server accepts by default.
@@ -99,9 +116,11 @@ type Server struct {
 	forceCount int
 	lastForce  time.Time
 	start      time.Time
+	open       openState
 }
 
 type issued struct {
+	kind     string // kindComponent, kindAuthorizer, or "" for the others
 	value    string
 	at       time.Time
 	expires  time.Time
@@ -132,12 +151,19 @@ func NewServer(opts Options) *Server {
 	if opts.TokenLen <= 0 {
 		opts.TokenLen = 512
 	}
+	if opts.ComponentAppID == "" {
+		opts.ComponentAppID = DefaultComponentAppID
+	}
+	if opts.ComponentSecret == "" {
+		opts.ComponentSecret = DefaultComponentSecret
+	}
 	s := &Server{
 		opts:    opts,
 		tokens:  make(map[string]*issued),
 		tickets: make(map[string]*issued),
 		counts:  make(map[string]int),
 		start:   time.Now(),
+		open:    newOpenState(),
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /cgi-bin/token", s.token)
@@ -145,6 +171,8 @@ func NewServer(opts Options) *Server {
 	mux.HandleFunc("GET /cgi-bin/ticket/getticket", s.ticket)
 	mux.HandleFunc("/cgi-bin/get_api_domain_ip", s.apiDomainIP)
 	mux.HandleFunc("GET /cgi-bin/media/get", s.media)
+	mux.HandleFunc("POST /cgi-bin/component/api_component_token", s.componentToken)
+	mux.HandleFunc("POST /cgi-bin/component/api_authorizer_token", s.authorizerToken)
 	s.Server = httptest.NewServer(mux)
 	return s
 }
@@ -154,8 +182,8 @@ func (o Options) scale(d time.Duration) time.Duration { return time.Duration(flo
 // Options returns the server's options with defaults filled in.
 func (s *Server) Options() Options { return s.opts }
 
-// FailNext makes the next len(f) replies of the token, stable token and
-// ticket endpoints fail as given.
+// FailNext makes the next len(f) replies of the token, stable token,
+// ticket, component token and authorizer token endpoints fail as given.
 func (s *Server) FailNext(f ...Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -170,8 +198,8 @@ func (s *Server) Count(endpoint string) int {
 	return s.counts[endpoint]
 }
 
-// Valid reports whether the server accepts v as an access token (classic or
-// stable) or ticket now.
+// Valid reports whether the server accepts v as an access token (classic,
+// stable, component or authorizer) or ticket now.
 func (s *Server) Valid(v string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -268,9 +296,12 @@ func (s *Server) injectedLocked(w http.ResponseWriter) bool {
 	case Quota:
 		errReply(w, 45009, "reach max api daily quota limit")
 	case EmptyToken:
-		reply(w, map[string]any{"access_token": "", "ticket": "", "expires_in": 7200, "errcode": 0, "errmsg": "ok"})
+		reply(w, map[string]any{"access_token": "", "ticket": "", "component_access_token": "", "authorizer_access_token": "",
+			"expires_in": 7200, "errcode": 0, "errmsg": "ok"})
 	case BadExpiry:
-		reply(w, map[string]any{"access_token": s.newValue("bad"), "ticket": s.newValue("bad"), "expires_in": 0, "errcode": 0, "errmsg": "ok"})
+		bad := s.newValue("bad")
+		reply(w, map[string]any{"access_token": bad, "ticket": bad, "component_access_token": bad, "authorizer_access_token": bad,
+			"expires_in": 0, "errcode": 0, "errmsg": "ok"})
 	default:
 		return false
 	}
