@@ -172,9 +172,25 @@ func (r *rotation) redeem(ctx, lctx context.Context) (fetched, error) {
 	}
 	f := fetched{tok: tok}
 	if next != "" && next != st.Value {
+		if err := checkState(next); err != nil {
+			// No store could keep it: the state is lost either way, and
+			// the error says why.
+			return fetched{}, fmt.Errorf("the upstream's new %w", err)
+		}
 		f.rot = &rotated{gen: st.Generation, next: next}
 	}
 	return f, nil
+}
+
+// checkState refuses a refresh state no store is required to keep.
+func checkState(v string) error {
+	switch {
+	case v == "":
+		return fmt.Errorf("empty refresh state: %w", ErrInvalidToken)
+	case len(v) > MaxTokenLen:
+		return fmt.Errorf("refresh state of %d bytes (at most %d): %w", len(v), MaxTokenLen, ErrTokenTooLarge)
+	}
+	return nil
 }
 
 // commit writes a new refresh state with write, trying again a write whose
@@ -220,8 +236,8 @@ func (s *Source) SeedRefresh(ctx context.Context, value string) error {
 	if s.opts.RefreshStore == nil {
 		return fmt.Errorf("%w: %s: the Fetcher is not a Redeemer", ErrInvalidConfig, s.name)
 	}
-	if value == "" || len(value) > MaxTokenLen {
-		return fmt.Errorf("token: %s: seed refresh state of %d bytes: %w", s.name, len(value), ErrInvalidToken)
+	if err := checkState(value); err != nil {
+		return fmt.Errorf("token: %s: seed: %w", s.name, err)
 	}
 	if _, err := s.opts.RefreshStore.SeedRefresh(ctx, value); err != nil {
 		return fmt.Errorf("token: %s: seed refresh state: %w", s.name, err)

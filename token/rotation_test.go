@@ -287,3 +287,39 @@ func TestRedeemerNeedsTheLock(t *testing.T) {
 		t.Errorf("NewSource: %v, want ErrInvalidConfig", err)
 	}
 }
+
+// bigState is a Redeemer whose upstream rotates to a state too large to
+// store.
+type bigState struct{ *tokentest.Rotating }
+
+func (b bigState) Redeem(ctx context.Context, refresh string) (token.Token, string, error) {
+	tok, _, err := b.Rotating.Redeem(ctx, refresh)
+	return tok, strings.Repeat("r", token.MaxTokenLen+1), err
+}
+
+// TestOversizedRefreshState: a state over MaxTokenLen is refused the same
+// way whether it comes from the upstream or from SeedRefresh: an error
+// wrapping ErrTokenTooLarge, and nothing stored.
+func TestOversizedRefreshState(t *testing.T) {
+	up := tokentest.NewRotating(time.Hour)
+	st := tokentest.NewStore()
+	s, err := token.NewSource("c", bigState{up}, st, st, token.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.SeedRefresh(ctx, strings.Repeat("r", token.MaxTokenLen+1)); !errors.Is(err, token.ErrTokenTooLarge) {
+		t.Errorf("SeedRefresh of %d bytes: %v, want ErrTokenTooLarge", token.MaxTokenLen+1, err)
+	}
+	first := up.Authorize()
+	if err := s.SeedRefresh(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Token(ctx); !errors.Is(err, token.ErrTokenTooLarge) {
+		t.Errorf("Token with an oversized next state: %v, want ErrTokenTooLarge", err)
+	}
+	if rs, err := st.LoadRefresh(ctx); err != nil || rs.Value != first {
+		t.Errorf("stored state changed: %d bytes, %v", len(rs.Value), err)
+	}
+}
