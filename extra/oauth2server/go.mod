@@ -6,6 +6,7 @@ replace github.com/tokencache/tokencache => ../..
 
 require (
 	github.com/ory/fosite v0.49.0
+	github.com/tokencache/tokencache v0.0.0
 	golang.org/x/oauth2 v0.38.0
 )
 
@@ -71,7 +72,7 @@ require (
 	golang.org/x/crypto v0.31.0 // indirect
 	golang.org/x/mod v0.17.0 // indirect
 	golang.org/x/net v0.25.0 // indirect
-	golang.org/x/sys v0.28.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.21.0 // indirect
 	golang.org/x/tools v0.21.1-0.20240508182429-e35e4ccd0d2d // indirect
 	google.golang.org/genproto v0.0.0-20231106174013-bbf56f31fb17 // indirect
