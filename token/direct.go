@@ -48,11 +48,16 @@ func (p *pending) drop(bad string) {
 func (s *Source) fetchDirect() (*entry, error) {
 	ctx, cancel := context.WithTimeout(s.life.ctx, s.opts.FetchTimeout)
 	defer cancel()
+	if h := s.opts.Hooks.FetchStart; h != nil {
+		h(FetchStartInfo{Credential: s.name, Reason: ReasonMissing})
+	}
+	start := time.Now()
 	f, err := s.fetch(context.WithValue(ctx, reasonKey{}, ReasonMissing), ctx)
 	var sh Shared
 	if err == nil {
 		sh, err = s.accept(f.tok, 0)
 	}
+	s.opts.Hooks.fetchDone(s.name, ReasonMissing, time.Since(start), false, err)
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch while the store is unavailable: %w", s.name, err)
 		// Without the store the backoff is this instance's own.

@@ -29,6 +29,8 @@ type gate struct {
 	checked time.Time // when the shared backoff record was last re-read
 	// directFailures counts failed fetches without the store in a row.
 	directFailures int
+	// reported is whether Hooks.Backoff last said a backoff was active.
+	reported bool
 
 	// resets counts ResetBackoff calls: a refresh ignores a backoff record
 	// it read across one.
@@ -112,6 +114,32 @@ func (g *gate) backoffErrLocked(now time.Time) error {
 	return &BackoffError{Failures: b.rec.Failures, Remaining: b.until.Sub(now), Class: b.rec.Class, Code: b.rec.Code, cause: b.cause}
 }
 
+// backoffChanged reports whether a backoff started or ended since it was
+// last asked, and the record of the one that is (or was) active.
+func (g *gate) backoffChanged() (changed, active bool, rec SharedBackoff) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	active = time.Now().Before(g.backoff.until)
+	if active == g.reported {
+		return false, active, rec
+	}
+	g.reported = active
+	return true, active, g.backoff.rec
+}
+
+// reportBackoff calls Hooks.Backoff if a backoff started or ended. Backoffs
+// start and end inside refreshes and on events; they are reported after a
+// refresh, when a caller looks, and at Close, never from the dispatch.
+func (s *Source) reportBackoff() {
+	h := s.opts.Hooks.Backoff
+	if h == nil {
+		return
+	}
+	if changed, active, rec := s.gate.backoffChanged(); changed {
+		h(BackoffInfo{Credential: s.name, Active: active, Class: rec.Class, Code: rec.Code})
+	}
+}
+
 // endBackoff forgets the known backoff.
 func (g *gate) endBackoff() {
 	g.mu.Lock()
@@ -168,6 +196,7 @@ func (s *Source) backoffEnded(ctx context.Context, err error) bool {
 		return false
 	}
 	s.gate.endBackoff()
+	s.reportBackoff()
 	return true
 }
 
@@ -186,6 +215,7 @@ func (s *Source) ResetBackoff(ctx context.Context) error {
 		return fmt.Errorf("token: %s: reset backoff: %w", s.name, err)
 	}
 	s.gate.reset()
+	s.reportBackoff()
 	return nil
 }
 

@@ -68,6 +68,8 @@ type Options struct {
 	// rediscache's Credential is). Set a durable one (package
 	// extra/pgrefresh) when Redis is a cache that may lose keys.
 	RefreshStore RefreshStore
+	// Hooks observe the Source, for metrics and traces. Default: none.
+	Hooks Hooks
 }
 
 // DefaultBackoffPolicy waits 10 minutes after an error that retrying cannot fix

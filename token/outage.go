@@ -19,6 +19,9 @@ const (
 // storeErr wraps a failure of the shared store in ErrStoreUnavailable and
 // logs the outage once, when it starts, whatever operations fail during it.
 func (s *Source) storeErr(op string, write bool, err error) error {
+	if h := s.opts.Hooks.StoreError; h != nil {
+		h(StoreErrorInfo{Credential: s.name, Op: op})
+	}
 	level := outageRead
 	if write {
 		level = outageWrite

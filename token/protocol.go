@@ -27,6 +27,7 @@ func (s *Source) refreshOnce() (*entry, error) {
 		s.log.Warn("tokencache: refresh failed", errAttr(err))
 	}
 	s.gate.finished(err, sticky)
+	s.reportBackoff()
 	return e, err
 }
 
@@ -189,8 +190,12 @@ func (s *Source) underLock(ctx context.Context, held Held) outcome {
 		_ = held.Release(rctx)
 	}()
 	e, err := s.refreshLocked(ctx, held.Context())
+	lost := held.Context().Err() != nil && s.life.ctx.Err() == nil
+	if h := s.opts.Hooks.LockLost; h != nil && lost {
+		h(LockLostInfo{Credential: s.name})
+	}
 	switch {
-	case err != nil && held.Context().Err() != nil && s.life.ctx.Err() == nil:
+	case err != nil && lost:
 		// We lost the lock mid-refresh, so another instance may have
 		// taken over: read again and wait for it.
 		s.log.Warn("tokencache: refresh lock lost; waiting for another instance", errAttr(err))
@@ -292,7 +297,12 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 		base = context.WithoutCancel(lctx)
 	}
 	fctx, cancel := context.WithTimeout(context.WithValue(base, reasonKey{}, reason), s.opts.FetchTimeout)
+	if h := s.opts.Hooks.FetchStart; h != nil {
+		h(FetchStartInfo{Credential: s.name, Reason: reason})
+	}
+	start := time.Now()
 	f, err := s.fetch(fctx, lctx)
+	took := time.Since(start)
 	cancel()
 	var sh Shared
 	if err == nil {
@@ -308,6 +318,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 			b.Failures++
 			s.failed(ctx, b, s.opts.BackoffPolicy(err, b.Failures), err)
 		}
+		s.opts.Hooks.fetchDone(s.name, reason, took, false, err)
 		return nil, err
 	}
 	// The upstream has just invalidated the previous token: serve the new
@@ -315,6 +326,8 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
 	shared, err := s.shareFetched(ctx, sh, f.rot)
+	fenced := (shared == nil && errors.Is(err, ErrFenced)) || (shared != nil && shared.version != sh.Version)
+	s.opts.Hooks.fetchDone(s.name, reason, took, fenced, nil)
 	switch {
 	case shared != nil:
 		return shared, nil

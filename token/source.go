@@ -136,8 +136,22 @@ func (s *Source) slow(ctx context.Context) (Token, error) {
 		// serving it rather than retrying on every call.
 		return e.tok, nil
 	}
+	if s.opts.Hooks.WaitDone == nil {
+		return s.wait(ctx, e, valid)
+	}
+	start := time.Now()
+	tok, err := s.wait(ctx, e, valid)
+	s.opts.Hooks.WaitDone(WaitDoneInfo{Credential: s.name, Duration: time.Since(start), Outcome: waitOutcome(err)})
+	return tok, err
+}
+
+// wait returns a token once a refresh (this instance's or another's) ends;
+// e is the near-cached entry, valid whether it is.
+func (s *Source) wait(ctx context.Context, e *entry, valid bool) (Token, error) {
 	if !valid || !e.alive(s.near.dead.Load()) {
-		if err := s.notYet(); err != nil && !s.backoffEnded(ctx, err) {
+		err := s.notYet()
+		s.reportBackoff()
+		if err != nil && !s.backoffEnded(ctx, err) {
 			return Token{}, err
 		}
 	}
@@ -212,15 +226,24 @@ func (s *Source) Invalidate(ctx context.Context, bad string) error {
 	s.pending.drop(bad) // never offer the store a token known to be bad
 	e := s.near.cur.Load()
 	if e == nil || e.tok.Value != bad {
+		s.invalidated(false)
 		return nil
 	}
 	e.bad.Store(true)
 	raise(&s.near.killed, e.version)
 	s.onEvent(Event{Kind: Invalidated, Version: e.version})
-	if _, err := s.store.Invalidate(ctx, e.version); err != nil {
+	removed, err := s.store.Invalidate(ctx, e.version)
+	s.invalidated(removed)
+	if err != nil {
 		return fmt.Errorf("token: %s: invalidate: %w", s.name, err)
 	}
 	return nil
+}
+
+func (s *Source) invalidated(removed bool) {
+	if h := s.opts.Hooks.Invalidated; h != nil {
+		h(InvalidateInfo{Credential: s.name, Removed: removed})
+	}
 }
 
 // closeWait bounds how long Close waits for background work blocked in
@@ -255,6 +278,8 @@ func (s *Source) Close() error {
 		if e := s.near.cur.Swap(nil); e != nil && e.timer != nil {
 			e.timer.Stop()
 		}
+		s.gate.open() // a backoff reported active ends with the Source
+		s.reportBackoff()
 	})
 	return nil
 }
