@@ -1,0 +1,1201 @@
+package rediscache_test
+
+// Issue 13: rotating refresh tokens shared by instances that are OS
+// processes. The test process serves one tokentest.Rotating per credential
+// over HTTP (an OAuth2 token endpoint, refresh_token grant) and records
+// every redemption: who sent it (the child's pid, in a header), when it
+// arrived, when the server acted on it (rotated the refresh token), when
+// the reply went out. The children are this test binary re-executed: 100
+// Sources each (one Cache), called from many goroutines on random
+// credentials.
+//
+// TestRotatingRefreshProcesses is the clean run; TestRotatingRefreshFaults
+// kills (SIGKILL) the process whose redemption the server holds, at random
+// points, and deletes the refresh lock of a redemption in flight, with and
+// without a reuse grace period, and reports where the kills landed.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/scenario"
+	"github.com/tokencache/tokencache/rediscache"
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+// A child is this test binary with rotChildEnv set.
+const (
+	rotChildEnv    = "TOKENCACHE_ROTATING_CHILD" // "1"
+	rotRedisEnv    = "TOKENCACHE_ROTATING_REDIS" // host:port
+	rotPrefixEnv   = "TOKENCACHE_ROTATING_PREFIX"
+	rotUpstreamEnv = "TOKENCACHE_ROTATING_UPSTREAM" // base URL; credential c's endpoint is <base>/c
+	rotCredsEnv    = "TOKENCACHE_ROTATING_CREDENTIALS"
+	rotWorkersEnv  = "TOKENCACHE_ROTATING_GOROUTINES"
+	rotPaceEnv     = "TOKENCACHE_ROTATING_PACE" // a caller's pause between calls
+	pidHeader      = "X-Test-Pid"
+)
+
+// init runs before TestMain: a child never reaches the tests.
+func init() {
+	if os.Getenv(rotChildEnv) != "" {
+		os.Exit(rotatingChild())
+	}
+}
+
+func rotCredName(i int) string { return fmt.Sprintf("c%03d", i) }
+
+// rotReport is what a child's callers saw.
+type rotReport struct {
+	Calls int64
+	// Revoked and Other count errors per credential: those matching
+	// token.ErrRefreshRevoked, and the rest.
+	Revoked, Other map[string]int64
+	FirstOther     string
+	// Seen maps each access token handed out to the first and last time
+	// it was (Unix ns, taken after Token returned; one clock for all).
+	Seen map[string][2]int64
+	// Expiry maps each access token to the latest ExpiresAt the Source
+	// reported with it (Unix ns).
+	Expiry map[string]int64
+}
+
+func newRotReport() *rotReport {
+	return &rotReport{Revoked: map[string]int64{}, Other: map[string]int64{}, Seen: map[string][2]int64{}, Expiry: map[string]int64{}}
+}
+
+func (r *rotReport) record(cred string, tok token.Token, err error, at time.Time) {
+	r.Calls++
+	switch {
+	case errors.Is(err, token.ErrRefreshRevoked):
+		r.Revoked[cred]++
+	case err != nil:
+		r.Other[cred]++
+		if r.FirstOther == "" {
+			r.FirstOther = cred + ": " + err.Error()
+		}
+	default:
+		ns := at.UnixNano()
+		s, ok := r.Seen[tok.Value]
+		if !ok {
+			s[0] = ns
+		}
+		s[1] = ns
+		r.Seen[tok.Value] = s
+		r.Expiry[tok.Value] = max(r.Expiry[tok.Value], tok.ExpiresAt.UnixNano())
+	}
+}
+
+func (r *rotReport) merge(o *rotReport) {
+	r.Calls += o.Calls
+	for c, n := range o.Revoked {
+		r.Revoked[c] += n
+	}
+	for c, n := range o.Other {
+		r.Other[c] += n
+	}
+	if r.FirstOther == "" {
+		r.FirstOther = o.FirstOther
+	}
+	for v, e := range o.Expiry {
+		r.Expiry[v] = max(r.Expiry[v], e)
+	}
+	for v, s := range o.Seen {
+		m, ok := r.Seen[v]
+		if !ok {
+			r.Seen[v] = s
+			continue
+		}
+		r.Seen[v] = [2]int64{min(m[0], s[0]), max(m[1], s[1])}
+	}
+}
+
+// pidTransport sends the child's pid with every request, so that the
+// server knows whose redemption it holds.
+type pidTransport struct {
+	base http.RoundTripper
+	pid  string
+}
+
+func (p pidTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set(pidHeader, p.pid)
+	return p.base.RoundTrip(req)
+}
+
+// rotNamed is one credential's Source in a child.
+type rotNamed struct {
+	name string
+	src  *token.Source
+}
+
+// rotChildSources makes the child's Sources: one Cache, default Options
+// but the prefix (and a quiet logger).
+func rotChildSources() ([]rotNamed, func(), error) {
+	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(rotRedisEnv), ContextTimeoutEnabled: true})
+	c, err := rediscache.New(rdb, rediscache.Options{Prefix: os.Getenv(rotPrefixEnv), Source: token.Options{Logger: quiet}})
+	if err != nil {
+		return nil, nil, err
+	}
+	n, _ := strconv.Atoi(os.Getenv(rotCredsEnv))
+	client := &http.Client{Transport: pidTransport{
+		base: &http.Transport{MaxIdleConnsPerHost: 64},
+		pid:  strconv.Itoa(os.Getpid()),
+	}}
+	var srcs []rotNamed
+	closeAll := func() {
+		for _, s := range srcs {
+			_ = s.src.Close()
+		}
+		_ = rdb.Close()
+	}
+	for i := range n {
+		name := rotCredName(i)
+		s, err := c.Source(name, tokentest.HTTPRedeemer(os.Getenv(rotUpstreamEnv)+"/"+name, client))
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		srcs = append(srcs, rotNamed{name, s})
+	}
+	return srcs, closeAll, nil
+}
+
+// rotatingChild prints "ready" once its Sources exist, starts its callers
+// on a "go" line, stops them on a "stop" line (or at end of input) and
+// prints "report <json>", then closes its Sources at end of input. The
+// parent closes input only once no redemption is in flight: a Source
+// closed mid-redemption loses the rotated refresh token with the reply.
+func rotatingChild() int {
+	srcs, closeAll, err := rotChildSources()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer closeAll()
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	if !in.Scan() || in.Text() != "go" {
+		return 0
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	eof := make(chan struct{})
+	go func() {
+		for in.Scan() {
+			if in.Text() == "stop" {
+				stop()
+			}
+		}
+		stop()
+		close(eof)
+	}()
+	rep := rotLoad(ctx, srcs)
+	b, err := json.Marshal(rep)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Printf("report %s\n", b)
+	<-eof
+	return 0
+}
+
+// rotLoad calls Token on random credentials from many goroutines until
+// ctx ends, each pausing between calls (load generation).
+func rotLoad(ctx context.Context, srcs []rotNamed) *rotReport {
+	workers, _ := strconv.Atoi(os.Getenv(rotWorkersEnv))
+	pace, _ := time.ParseDuration(os.Getenv(rotPaceEnv))
+	total := newRotReport()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			r := newRotReport()
+			for ctx.Err() == nil {
+				s := srcs[rand.IntN(len(srcs))]
+				cctx, cancel := context.WithTimeout(ctx, time.Minute)
+				tok, err := s.src.Token(cctx)
+				cancel()
+				if ctx.Err() != nil {
+					break
+				}
+				r.record(s.name, tok, err, time.Now())
+				time.Sleep(pace)
+			}
+			mu.Lock()
+			total.merge(r)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return total
+}
+
+// What the server did with a redemption.
+const (
+	outGone    = "gone"    // the client went away before the server acted
+	outRotated = "rotated" // a new access token and refresh token
+	outGrace   = "grace"   // a replaced refresh token within Grace: the pair already issued
+	outRevoked = "revoked" // a replaced refresh token: the family is revoked
+	outRefused = "refused" // the family was revoked already
+)
+
+// redemption is one request to the token endpoint. Its fields after
+// arrived are guarded by rotServer.mu.
+type redemption struct {
+	pid              int // 0: the test process itself
+	cred             string
+	fault            *faultPlan
+	arrived          time.Time
+	acted, replied   time.Time // zero until then
+	clientGone       bool      // the reply was written after the client went away
+	outcome          string
+	old, next, token string // refresh token sent and received, access token received
+}
+
+// faultPlan is a fault the server applies to the next redemption it
+// receives from a child (one whose credential is not revoked).
+type faultPlan struct {
+	lockLoss  bool
+	pre, post time.Duration // holds before acting and before replying
+	release   chan struct{} // ends the post hold early (lock loss: the takeover arrived)
+	hit       chan *redemption
+	acted     chan struct{} // closed once the server acted on it
+	finished  chan struct{} // closed when its handler returns
+	endedBy   string        // what ended the post hold; guarded by rotServer.mu
+}
+
+func newFaultPlan(lockLoss bool, pre, post time.Duration) *faultPlan {
+	return &faultPlan{lockLoss: lockLoss, pre: pre, post: post, release: make(chan struct{}),
+		hit: make(chan *redemption, 1), acted: make(chan struct{}), finished: make(chan struct{})}
+}
+
+// rotCred is one credential's family at the server.
+type rotCred struct {
+	up          *tokentest.Rotating
+	seq         []string         // its refresh tokens, oldest (the seed) first
+	index       map[string]int   // refresh token → position in seq
+	rotatedBy   []*redemption    // rotatedBy[i] replaced seq[i]
+	access      map[string]int64 // access token → expiry (Unix ns, as the client sees it)
+	revokedAt   time.Time        // zero while not revoked
+	revocations int              // up.Revocations() already accounted for
+	held        *redemption      // a lock-loss target holding its reply
+	requests    []*redemption    // all redemptions of this credential
+}
+
+// rotServer is the token endpoint of every credential: /<credential>.
+type rotServer struct {
+	latency time.Duration       // every reply's, after the server acted
+	creds   map[string]*rotCred // fixed once serving
+
+	mu     sync.Mutex
+	active int // requests being served
+	plan   *faultPlan
+	last   time.Time         // the latest arrival
+	killed map[int]time.Time // pid → when the test killed it
+	reqs   []*redemption
+	done   chan struct{} // closed when the test ends: no hold outlives it
+}
+
+func newRotServer(n int, lifetime, grace, latency time.Duration) *rotServer {
+	s := &rotServer{latency: latency, creds: map[string]*rotCred{}, killed: map[int]time.Time{}, done: make(chan struct{})}
+	for i := range n {
+		up := tokentest.NewRotating(lifetime)
+		up.Grace = grace // Latency stays 0: the server below holds replies itself
+		rt := up.Authorize()
+		s.creds[rotCredName(i)] = &rotCred{up: up, seq: []string{rt}, index: map[string]int{rt: 0}, access: map[string]int64{}}
+	}
+	return s
+}
+
+func (s *rotServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimPrefix(r.URL.Path, "/")
+	c := s.creds[name]
+	if c == nil || r.ParseForm() != nil { // parsed here, not under the lock
+		http.NotFound(w, r)
+		return
+	}
+	pid, _ := strconv.Atoi(r.Header.Get(pidHeader))
+	red := s.arrive(c, name, pid)
+	defer s.leave(red)
+	pre, post, release := time.Duration(0), s.latency, (chan struct{})(nil)
+	if f := red.fault; f != nil {
+		pre, post, release = f.pre, f.post, f.release
+	}
+	if s.hold(r.Context(), pre, nil) != "" {
+		return // gone before the server acted: it never will
+	}
+	rec := httptest.NewRecorder()
+	s.act(c, red, r, rec)
+	ended := s.hold(r.Context(), post, release)
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	s.replied(red, ended)
+}
+
+// hold waits d, or until release, and returns "" or what ended it early.
+func (s *rotServer) hold(ctx context.Context, d time.Duration, release chan struct{}) string {
+	if d <= 0 {
+		if ctx.Err() != nil {
+			return "client gone"
+		}
+		return ""
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return ""
+	case <-release:
+		return "released"
+	case <-ctx.Done():
+		return "client gone"
+	case <-s.done:
+		return "test over"
+	}
+}
+
+// arrive records a redemption, hands it an armed fault, and releases a
+// held lock-loss target once another process redeems its credential.
+func (s *rotServer) arrive(c *rotCred, name string, pid int) *redemption {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active++
+	red := &redemption{pid: pid, cred: name, arrived: time.Now(), outcome: outGone}
+	s.last = red.arrived
+	s.reqs = append(s.reqs, red)
+	c.requests = append(c.requests, red)
+	if h := c.held; h != nil && h.pid != pid {
+		c.held = nil
+		close(h.fault.release)
+	}
+	_, dead := s.killed[pid]
+	if f := s.plan; f != nil && pid != 0 && !dead && c.revokedAt.IsZero() && (!f.lockLoss || c.held == nil) {
+		s.plan, red.fault = nil, f
+		if f.lockLoss {
+			c.held = red
+		}
+		f.hit <- red
+	}
+	return red
+}
+
+// act lets the credential's Rotating answer and records what it did.
+func (s *rotServer) act(c *rotCred, red *redemption, r *http.Request, rec *httptest.ResponseRecorder) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	red.acted, red.old = time.Now(), r.PostForm.Get("refresh_token")
+	current := c.seq[len(c.seq)-1]
+	c.up.ServeHTTP(rec, r)
+	var rep tokentest.RotatingReply
+	switch {
+	case rec.Code == http.StatusOK && json.Unmarshal(rec.Body.Bytes(), &rep) == nil:
+		red.next, red.token, red.outcome = rep.RefreshToken, rep.AccessToken, outGrace
+		if red.old == current {
+			red.outcome = outRotated
+			c.rotatedBy = append(c.rotatedBy, red)
+			c.index[rep.RefreshToken] = len(c.seq)
+			c.seq = append(c.seq, rep.RefreshToken)
+			c.access[rep.AccessToken] = time.UnixMilli(rep.ExpiresAtMS).UnixNano()
+		}
+	case c.up.Revocations() > c.revocations:
+		c.revocations++
+		c.revokedAt, red.outcome = red.acted, outRevoked
+	default:
+		red.outcome = outRefused
+	}
+	if f := red.fault; f != nil {
+		close(f.acted)
+	}
+}
+
+func (s *rotServer) replied(red *redemption, ended string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	red.replied, red.clientGone = time.Now(), ended == "client gone"
+	if f := red.fault; f != nil {
+		f.endedBy = ended
+	}
+}
+
+func (s *rotServer) leave(red *redemption) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := red.fault; f != nil {
+		if c := s.creds[red.cred]; c.held == red {
+			c.held = nil
+		}
+		close(f.finished)
+	}
+	s.active--
+}
+
+// arm makes f the fault of the next eligible redemption.
+func (s *rotServer) arm(f *faultPlan) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.plan = f
+}
+
+func (s *rotServer) markKilled(pid int, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.killed[pid] = at
+}
+
+// rotInstance is one child process.
+type rotInstance struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stderr *syncBuffer
+	ready  chan struct{}
+	report chan *rotReport // receives the report, if any
+	eof    chan struct{}   // closed once stdout is closed
+	once   sync.Once
+}
+
+func (in *rotInstance) pid() int { return in.cmd.Process.Pid }
+
+func (in *rotInstance) send(line string) { _, _ = io.WriteString(in.stdin, line+"\n") }
+
+// kill sends SIGKILL (if the process still runs) and reaps it.
+func (in *rotInstance) kill() {
+	in.once.Do(func() {
+		_ = in.cmd.Process.Kill()
+		<-in.eof // Wait closes stdout: read it to the end first
+		_ = in.cmd.Wait()
+	})
+}
+
+func (in *rotInstance) read(r *bufio.Reader) {
+	defer close(in.eof)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		kind, rest, _ := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
+		switch kind {
+		case "ready":
+			close(in.ready)
+		case "report":
+			rep := newRotReport()
+			if json.Unmarshal([]byte(rest), rep) == nil {
+				in.report <- rep
+			}
+		}
+	}
+}
+
+// rotConfig is one run's setup.
+type rotConfig struct {
+	procs, goroutines, creds, lifetimes int
+	lifetime, grace, latency            time.Duration
+	pace                                time.Duration // a caller's pause between calls
+}
+
+// rotHarness runs children against one server and one Redis.
+type rotHarness struct {
+	t      *testing.T
+	cfg    rotConfig
+	srv    *rotServer
+	url    string
+	addr   string
+	prefix string
+	rdb    *redis.Client
+	creds  map[string]*rediscache.Credential // the test's own view of Redis
+	seeded map[string]int64                  // credential → generation of its seed
+
+	mu   sync.Mutex // guards live
+	live []*rotInstance
+}
+
+func newRotHarness(t *testing.T, addr string, cfg rotConfig) *rotHarness {
+	t.Helper()
+	h := &rotHarness{t: t, cfg: cfg, addr: addr, prefix: prefix(t), rdb: newClient(t, addr),
+		creds: map[string]*rediscache.Credential{}, seeded: map[string]int64{}}
+	h.srv = newRotServer(cfg.creds, cfg.lifetime, cfg.grace, cfg.latency)
+	hs := httptest.NewServer(h.srv)
+	t.Cleanup(hs.Close)
+	// Cleanups run last-registered first: held replies end before Close
+	// waits for them.
+	t.Cleanup(func() { close(h.srv.done) })
+	h.url = hs.URL
+	c := newCache(t, h.rdb, rediscache.Options{Prefix: h.prefix, Source: token.Options{Logger: quiet}})
+	ctx := context.Background()
+	for name, rc := range h.srv.creds {
+		cred, err := c.Credential(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gen, err := cred.SeedRefresh(ctx, rc.seq[0]) // the authorization callback
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.creds[name], h.seeded[name] = cred, gen
+	}
+	return h
+}
+
+// start runs a child, waits until it is ready and starts its callers.
+func (h *rotHarness) start() *rotInstance {
+	t := h.t
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), rotChildEnv+"=1", rotRedisEnv+"="+h.addr, rotPrefixEnv+"="+h.prefix,
+		rotUpstreamEnv+"="+h.url, rotCredsEnv+"="+strconv.Itoa(h.cfg.creds),
+		rotWorkersEnv+"="+strconv.Itoa(h.cfg.goroutines), rotPaceEnv+"="+h.cfg.pace.String())
+	in := &rotInstance{cmd: cmd, stderr: new(syncBuffer), ready: make(chan struct{}),
+		report: make(chan *rotReport, 1), eof: make(chan struct{})}
+	cmd.Stderr = in.stderr
+	if in.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go in.read(bufio.NewReaderSize(out, 1<<20))
+	t.Cleanup(func() {
+		in.kill()
+		if s := in.stderr.String(); t.Failed() && s != "" {
+			t.Logf("child %d stderr (tail):\n%s", in.pid(), s[max(0, len(s)-2000):])
+		}
+	})
+	select {
+	case <-in.ready:
+	case <-in.eof:
+		t.Fatalf("child exited: %s", in.stderr.String())
+	case <-time.After(time.Minute):
+		t.Fatal("child did not start")
+	}
+	in.send("go")
+	h.mu.Lock()
+	h.live = append(h.live, in)
+	h.mu.Unlock()
+	return in
+}
+
+// byPid returns the live child with pid, or nil.
+func (h *rotHarness) byPid(pid int) *rotInstance {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, in := range h.live {
+		if in.pid() == pid {
+			return in
+		}
+	}
+	return nil
+}
+
+// remove forgets a killed child.
+func (h *rotHarness) remove(dead *rotInstance) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, in := range h.live {
+		if in == dead {
+			h.live = append(h.live[:i], h.live[i+1:]...)
+			return
+		}
+	}
+}
+
+// quiesce waits until no refresh can be under way: no request served or
+// received for 3 poll intervals (a refresh started before the callers
+// stopped may still be waiting for another instance's), and no refresh
+// lock held.
+func (h *rotHarness) quiesce() {
+	locks := make([]string, 0, len(h.creds))
+	for name := range h.creds {
+		locks = append(locks, "{"+h.prefix+name+"}:lock")
+	}
+	if !scenario.Retry(30*time.Second, 20*time.Millisecond, func() bool { // polling the server's and Redis's state
+		h.srv.mu.Lock()
+		busy := h.srv.active > 0 || time.Since(h.srv.last) < 750*time.Millisecond
+		h.srv.mu.Unlock()
+		n, err := h.rdb.Exists(context.Background(), locks...).Result()
+		return !busy && err == nil && n == 0
+	}) {
+		h.t.Error("refreshes still under way 30s after the callers stopped")
+	}
+}
+
+// stopAll stops every child's callers and collects the reports; once no
+// refresh is under way, the children close their Sources and exit. (A
+// Source closed mid-redemption loses the rotated refresh token: that is a
+// shutdown's problem, not this measurement's.)
+func (h *rotHarness) stopAll() []*rotReport {
+	t := h.t
+	t.Helper()
+	h.mu.Lock()
+	live := append([]*rotInstance(nil), h.live...)
+	h.mu.Unlock()
+	for _, in := range live {
+		in.send("stop")
+	}
+	var reps []*rotReport
+	for _, in := range live {
+		select {
+		case rep := <-in.report:
+			reps = append(reps, rep)
+		case <-in.eof:
+			t.Fatalf("child %d exited without a report: %s", in.pid(), in.stderr.String())
+		case <-time.After(time.Minute):
+			t.Fatalf("child %d did not report", in.pid())
+		}
+	}
+	h.quiesce()
+	for _, in := range live {
+		_ = in.stdin.Close()
+	}
+	for _, in := range live {
+		<-in.eof
+		if err := in.cmd.Wait(); err != nil {
+			t.Errorf("child %d: %v: %s", in.pid(), err, in.stderr.String())
+		}
+		in.once.Do(func() {})
+	}
+	return reps
+}
+
+// watchGenerations samples every credential's stored refresh state until
+// ctx ends, and returns what went wrong: a state the server never issued,
+// one stored under a generation that does not match its place in the
+// family, or one older than a state sampled before (a generation going
+// backwards).
+func (h *rotHarness) watchGenerations(ctx context.Context) <-chan []string {
+	out := make(chan []string, 1)
+	go func() {
+		last := map[string]int{}
+		var bad []string
+		tick := time.NewTicker(250 * time.Millisecond) // sampling, not waiting for anything
+		defer tick.Stop()
+		for {
+			for name := range h.creds {
+				if msg := h.checkGeneration(name, last); msg != "" && len(bad) < 20 {
+					bad = append(bad, msg)
+				}
+			}
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				out <- bad
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func (h *rotHarness) checkGeneration(name string, last map[string]int) string {
+	st, err := h.creds[name].LoadRefresh(context.Background())
+	if err != nil {
+		return fmt.Sprintf("%s: %v", name, err)
+	}
+	h.srv.mu.Lock()
+	i, ok := h.srv.creds[name].index[st.Value]
+	h.srv.mu.Unlock()
+	want := h.seeded[name] + int64(i)
+	switch {
+	case !ok:
+		return fmt.Sprintf("%s: generation %d holds a refresh token the server never issued", name, st.Generation)
+	case st.Generation != want:
+		return fmt.Sprintf("%s: generation %d holds refresh token #%d (want generation %d)", name, st.Generation, i, want)
+	case i < last[name]:
+		return fmt.Sprintf("%s: refresh token #%d stored after #%d", name, i, last[name])
+	}
+	last[name] = i
+	return ""
+}
+
+// rotResults is what a run's server, reports and Redis add up to.
+type rotResults struct {
+	redemptions          map[string]int // children's, per credential
+	minRed, maxRed       int
+	total                int
+	graceHits            int
+	revocations          int
+	revoked              []string
+	causes               map[string]int // reuses (grace hits and revocations) by what caused them
+	unexplained          []string
+	maxReuseDelay        time.Duration
+	afterRevocation      int // most redemptions of one family after its revocation
+	lost                 []string
+	lostAtShutdown       []string
+	calls                int64
+	revokedErrs          int64
+	otherErrs            int64
+	firstOther           string
+	revokedOnHealthy     []string // ErrRefreshRevoked on a credential never revoked
+	tokens               int      // distinct access tokens handed out
+	unknown, expired     int      // ... that the server never issued, or handed out after they expired
+	maxLate              time.Duration
+	laterExpiry, pastOwn int
+	skews, lates         []time.Duration
+	maxLaterExpiry       time.Duration
+	deadFamily           int // ... handed out after their family was revoked
+}
+
+// results adds up the run. stopped is when the test stopped the callers.
+func (h *rotHarness) results(reps []*rotReport, kills map[int]*rotKill, stopped time.Time) rotResults {
+	s := h.srv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := rotResults{redemptions: map[string]int{}, causes: map[string]int{}, minRed: -1}
+	for name, c := range s.creds {
+		h.countRedemptions(&r, name, c, kills)
+		if !c.revokedAt.IsZero() {
+			continue
+		}
+		st, err := h.creds[name].LoadRefresh(context.Background())
+		if err == nil && st.Value == c.seq[len(c.seq)-1] {
+			continue
+		}
+		if n := len(c.rotatedBy); n > 0 && c.rotatedBy[n-1].arrived.After(stopped) && c.rotatedBy[n-1].clientGone {
+			r.lostAtShutdown = append(r.lostAtShutdown, name)
+			continue
+		}
+		r.lost = append(r.lost, name)
+	}
+	h.countHandOuts(&r, reps)
+	return r
+}
+
+// countRedemptions adds up one credential's redemptions and reuses.
+func (h *rotHarness) countRedemptions(r *rotResults, name string, c *rotCred, kills map[int]*rotKill) {
+	n, after := 0, 0
+	for _, red := range c.requests {
+		if red.pid == 0 {
+			continue
+		}
+		n++
+		if !c.revokedAt.IsZero() && red.arrived.After(c.revokedAt) {
+			after++
+		}
+		if red.outcome != outGrace && red.outcome != outRevoked {
+			continue
+		}
+		r1 := c.rotatedBy[c.index[red.old]]
+		cause := h.cause(r1, kills)
+		r.causes[cause]++
+		if cause == "unexplained" {
+			r.unexplained = append(r.unexplained, fmt.Sprintf("%s: pid %d redeemed #%d (%s) %v after pid %d rotated it (acted %s, replied %s)",
+				name, red.pid, c.index[red.old], red.outcome, red.acted.Sub(r1.acted).Round(time.Millisecond), r1.pid,
+				r1.acted.Format("15:04:05.000"), r1.replied.Format("15:04:05.000")))
+		}
+		r.maxReuseDelay = max(r.maxReuseDelay, red.acted.Sub(r1.acted))
+		if red.outcome == outGrace {
+			r.graceHits++
+		} else {
+			r.revocations++
+			r.revoked = append(r.revoked, name)
+		}
+	}
+	r.redemptions[name] = n
+	r.total += n
+	r.maxRed = max(r.maxRed, n)
+	if r.minRed < 0 || n < r.minRed {
+		r.minRed = n
+	}
+	r.afterRevocation = max(r.afterRevocation, after)
+}
+
+// cause says why the refresh token r1 replaced was redeemed again: r1's
+// process was killed before its commit reached Redis, or r1's lock was
+// deleted by the test.
+func (h *rotHarness) cause(r1 *redemption, kills map[int]*rotKill) string {
+	if r1.fault != nil && r1.fault.lockLoss {
+		return "lock loss"
+	}
+	if k := kills[r1.pid]; k != nil {
+		switch ph := h.phase(r1, k); ph {
+		case "a":
+			return "kill (a: acted after the kill)"
+		case "b", "c":
+			return "kill (" + ph + ")"
+		}
+	}
+	return "unexplained"
+}
+
+// countHandOuts checks every access token the callers were handed.
+func (h *rotHarness) countHandOuts(r *rotResults, reps []*rotReport) {
+	all := newRotReport()
+	for _, rep := range reps {
+		all.merge(rep)
+	}
+	r.calls, r.firstOther = all.Calls, all.FirstOther
+	for name, n := range all.Revoked {
+		r.revokedErrs += n
+		if h.srv.creds[name].revokedAt.IsZero() {
+			r.revokedOnHealthy = append(r.revokedOnHealthy, name)
+		}
+	}
+	for _, n := range all.Other {
+		r.otherErrs += n
+	}
+	owner := map[string]*rotCred{}
+	for _, c := range h.srv.creds {
+		for v := range c.access {
+			owner[v] = c
+		}
+	}
+	for v, seen := range all.Seen {
+		if c := owner[v]; c != nil {
+			r.skews = append(r.skews, time.Duration(all.Expiry[v]-c.access[v]))
+		}
+		r.tokens++
+		c := owner[v]
+		switch {
+		case c == nil:
+			r.unknown++
+		case seen[1] >= c.access[v]:
+			r.expired++
+			r.lates = append(r.lates, time.Duration(seen[1]-c.access[v]))
+			r.maxLate = max(r.maxLate, time.Duration(seen[1]-c.access[v]))
+			if all.Expiry[v] > c.access[v] {
+				r.laterExpiry++
+				r.maxLaterExpiry = max(r.maxLaterExpiry, time.Duration(all.Expiry[v]-c.access[v]))
+			}
+			if seen[1] >= all.Expiry[v] {
+				r.pastOwn++
+			}
+		case !c.revokedAt.IsZero() && seen[1] > c.revokedAt.UnixNano():
+			r.deadFamily++
+		}
+	}
+}
+
+// rotKill is one kill: of pid, at, while the server served target.
+type rotKill struct {
+	pid    int
+	at     time.Time
+	target *redemption
+	mode   string             // "uniform" or "after reply"
+	redis  map[string]rotSnap // what Redis held right after the kill
+}
+
+// rotSnap is a credential's stored state: its refresh token's place in
+// the family, and the access token.
+type rotSnap struct {
+	refresh int
+	token   string
+}
+
+// phase says where kill k landed for red, a redemption of the killed
+// process: (a) before the server acted (it may still have acted, if the
+// request arrived or was acted on after the kill), (b) after it acted,
+// before it replied, (c) after the reply, before the new refresh state
+// reached Redis, (d) after that, before the access token did, (e) after
+// both, or nothing to commit. Call it with srv.mu held.
+func (h *rotHarness) phase(red *redemption, k *rotKill) string {
+	switch {
+	case red.arrived.After(k.at), red.acted.IsZero(), red.acted.After(k.at):
+		return "a"
+	case red.replied.IsZero(), red.replied.After(k.at):
+		return "b"
+	case red.outcome != outRotated && red.outcome != outGrace:
+		return "e"
+	}
+	snap, ok := k.redis[red.cred]
+	if !ok {
+		return "e"
+	}
+	n := h.srv.creds[red.cred].index[red.next]
+	switch {
+	case snap.refresh < n:
+		return "c"
+	case snap.refresh == n && snap.token != red.token:
+		return "d"
+	}
+	return "e"
+}
+
+// snapshot reads what Redis holds for every credential pid redeemed in
+// the 2 s before at: pid is dead, and its locks keep the others out.
+func (h *rotHarness) snapshot(pid int, at time.Time) map[string]rotSnap {
+	h.srv.mu.Lock()
+	names := map[string]bool{}
+	for _, red := range h.srv.reqs {
+		if red.pid == pid && !red.replied.IsZero() && red.replied.After(at.Add(-2*time.Second)) {
+			names[red.cred] = true
+		}
+	}
+	h.srv.mu.Unlock()
+	ctx := context.Background()
+	snaps := map[string]rotSnap{}
+	for name := range names {
+		st, err := h.creds[name].LoadRefresh(ctx)
+		sh, terr := h.creds[name].Load(ctx)
+		if err != nil || terr != nil {
+			h.t.Errorf("%s after the kill: %v, %v", name, err, terr)
+			continue
+		}
+		h.srv.mu.Lock()
+		i, ok := h.srv.creds[name].index[st.Value]
+		h.srv.mu.Unlock()
+		if !ok {
+			i = -1
+		}
+		snaps[name] = rotSnap{refresh: i, token: sh.Value}
+	}
+	return snaps
+}
+
+// await arms f and returns the redemption it landed on.
+func (h *rotHarness) await(f *faultPlan) *redemption {
+	h.t.Helper()
+	h.srv.arm(f)
+	select {
+	case red := <-f.hit:
+		return red
+	case <-time.After(30 * time.Second):
+		h.t.Fatal("no redemption to inject a fault into within 30s")
+	}
+	return nil
+}
+
+func randDur(d time.Duration) time.Duration { return rand.N(d + 1) }
+
+// injectKill holds the next redemption a random time before and after the
+// server acts, kills its process at a random point (uniform over the
+// holds and 50 ms more, or within 3 ms of the reply, to land after it),
+// reads Redis, and starts a new child in its place.
+func (h *rotHarness) injectKill() *rotKill {
+	t := h.t
+	t.Helper()
+	f := newFaultPlan(false, randDur(100*time.Millisecond), h.cfg.latency+randDur(150*time.Millisecond))
+	red := h.await(f)
+	k := &rotKill{pid: red.pid, target: red, mode: "uniform"}
+	if rand.IntN(2) == 0 {
+		k.mode = "after reply"
+		select {
+		case <-f.finished:
+		case <-time.After(time.Minute):
+			t.Fatal("the held redemption never ended")
+		}
+		time.Sleep(randDur(3 * time.Millisecond)) // the kill point
+	} else {
+		time.Sleep(time.Until(red.arrived.Add(randDur(f.pre + f.post + 50*time.Millisecond)))) // the kill point
+	}
+	in := h.byPid(red.pid)
+	if in == nil {
+		t.Fatalf("no live child has pid %d", red.pid)
+	}
+	k.at = time.Now()
+	h.srv.markKilled(k.pid, k.at)
+	in.kill()
+	h.remove(in)
+	k.redis = h.snapshot(k.pid, k.at)
+	h.start()
+	return k
+}
+
+// rotLoss is one injected lock loss.
+type rotLoss struct {
+	target  *redemption
+	deleted bool   // the lock key was there to delete
+	endedBy string // what ended the held reply
+}
+
+// injectLockLoss holds the next redemption's reply after the server acted,
+// deletes its credential's lock in Redis, as if it had expired (the holder
+// stalled, or a failover lost the key), and lets the reply go once another
+// process redeems the same credential, or the holder's keep-alive gave up
+// and the client went away, or 3 lock TTLs passed.
+func (h *rotHarness) injectLockLoss(lockTTL time.Duration) rotLoss {
+	t := h.t
+	t.Helper()
+	f := newFaultPlan(true, 0, 3*lockTTL)
+	red := h.await(f)
+	select {
+	case <-f.acted:
+	case <-f.finished:
+		return rotLoss{target: red, endedBy: "gone before the server acted"}
+	case <-time.After(time.Minute):
+		t.Fatal("the server never acted on the held redemption")
+	}
+	key := "{" + h.prefix + red.cred + "}:lock" // the key layout of the package doc
+	n, err := h.rdb.Del(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.finished:
+	case <-time.After(time.Minute):
+		t.Fatal("the held redemption never ended")
+	}
+	h.srv.mu.Lock()
+	defer h.srv.mu.Unlock()
+	ended := f.endedBy
+	if ended == "" {
+		ended = "timeout"
+	}
+	return rotLoss{target: red, deleted: n == 1, endedBy: ended}
+}
+
+// rotBase is the load of both tests: 8 processes × 64 goroutines on 100
+// credentials over 20 lifetimes of 1 s access tokens, each caller pausing
+// 100 ms between calls (some 5,000 calls a second in all: on 2 cores under
+// the race detector, more starves the processes), a reply 10 ms after the
+// server acts, default Options (LockTTL 2s; RefreshAhead 0.2 with its 1 s
+// floor, capped at half the lifetime: a 1 s token is refreshed 0.5 s
+// before it expires, 200 redemptions a second in all).
+var rotBase = rotConfig{procs: 8, goroutines: 64, creds: 100, lifetimes: 20, lifetime: time.Second,
+	latency: 10 * time.Millisecond, pace: 100 * time.Millisecond}
+
+// rotMini is rotBase scaled to miniredis, which serves every process from
+// this one: under the race detector it runs out of CPU at some 35
+// redemptions a second (each costs some 150 commands, Lua mostly, from 8
+// processes), so 10 credentials over 10 lifetimes.
+var rotMini = rotConfig{procs: 8, goroutines: 64, creds: 10, lifetimes: 10, lifetime: time.Second,
+	latency: 10 * time.Millisecond, pace: 100 * time.Millisecond}
+
+const (
+	rotLockTTL = 2 * time.Second // rediscache's default
+	// rotGrace is the fault runs' reuse grace period: it must exceed the
+	// longest a replaced refresh token waits to be redeemed again, the
+	// lock TTL a killed refresher leaves behind plus the holds before the
+	// kill (the grace-0 table reports it).
+	rotGrace = 3 * time.Second
+)
+
+// rotBackend is a Redis the children share.
+type rotBackend struct {
+	name, addr string
+	cfg        rotConfig
+}
+
+// rotRedis is a real server: TOKENCACHE_REDIS_ADDR, or a redis-server of the
+// test's own, as the other process tests use; ok is false without either.
+func rotRedis(t *testing.T) (rotBackend, bool) {
+	if addr := os.Getenv(realRedisEnv); addr != "" {
+		return rotBackend{"redis", addr, rotBase}, true
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return rotBackend{}, false
+	}
+	return rotBackend{"redis-server", startRedis(t).addr(), rotBase}, true
+}
+
+// TestRotatingRefreshProcesses: 8 OS processes × 64 goroutines, 100
+// credentials with rotating refresh tokens and no reuse grace, 20 lifetimes
+// of 1 s tokens. Each refresh token is redeemed once: one redemption per
+// refresh period, no reuse, no revocation; the stored refresh state is the
+// server's current one at every sample and at the end, under the
+// generation of its place in the family; every access token handed out was
+// issued, and within the expiry the Source reported; no caller error.
+func TestRotatingRefreshProcesses(t *testing.T) {
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	backends := []rotBackend{{"miniredis", mr.Addr(), rotMini}}
+	if b, ok := rotRedis(t); ok {
+		backends = append(backends, b)
+	} else {
+		t.Logf("no real Redis (%s, or redis-server on PATH): miniredis only", realRedisEnv)
+	}
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { rotClean(t, b) })
+	}
+}
+
+func rotClean(t *testing.T, b rotBackend) {
+	cfg := b.cfg
+	h := newRotHarness(t, b.addr, cfg)
+	ctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	gens := h.watchGenerations(ctx)
+	start := time.Now()
+	for range cfg.procs {
+		h.start()
+	}
+	allRunning := time.Now()
+	time.Sleep(time.Until(start.Add(time.Duration(cfg.lifetimes) * cfg.lifetime))) // the load runs
+	stopped := time.Now()
+	reps := h.stopAll()
+	stopWatch()
+	backwards := <-gens
+	r := h.results(reps, nil, stopped)
+
+	period := refreshPeriod(cfg.lifetime, 0) // lockloss_test.go: the lifetime less the refresh-ahead window
+	ideal := 1 + int(stopped.Sub(start)/period)
+	least := int(stopped.Sub(allRunning) / cfg.lifetime)
+	t.Logf("%s: %d processes × %d goroutines, %d credentials, %v tokens (refreshed every %v), %v of load (%v with every process running):\n"+
+		"  redemptions per credential %d..%d (ideal at most %d, at least %d), %d in all; reuses %d, revocations %d\n"+
+		"  lost refresh states %d (%d at shutdown), stored states out of place %d\n"+
+		"  calls %d, errors %d; access tokens handed out %d: unknown %d, past the Source's own ExpiresAt %d\n"+
+		"  %s",
+		b.name, cfg.procs, cfg.goroutines, cfg.creds, cfg.lifetime, period, stopped.Sub(start).Round(time.Millisecond),
+		stopped.Sub(allRunning).Round(time.Millisecond), r.minRed, r.maxRed, ideal, least, r.total, r.graceHits+r.revocations,
+		r.revocations, len(r.lost), len(r.lostAtShutdown), len(backwards), r.calls, r.otherErrs+r.revokedErrs,
+		r.tokens, r.unknown, r.pastOwn, r.expiryLine())
+	if r.maxRed > ideal+1 || r.minRed < least {
+		t.Errorf("redemptions per credential %d..%d; want %d..%d (one per %v refresh period, +1 for one in flight at the end)",
+			r.minRed, r.maxRed, least, ideal+1, period)
+	}
+	if r.graceHits+r.revocations != 0 {
+		t.Errorf("%d refresh tokens redeemed twice (%d revocations): %v", r.graceHits+r.revocations, r.revocations, r.unexplained)
+	}
+	if len(r.lost)+len(r.lostAtShutdown) != 0 {
+		t.Errorf("refresh states lost: %v; at shutdown: %v", r.lost, r.lostAtShutdown)
+	}
+	if len(backwards) != 0 {
+		t.Errorf("stored refresh states: %v", backwards)
+	}
+	if r.otherErrs+r.revokedErrs != 0 || r.unknown != 0 || r.pastOwn != 0 {
+		t.Errorf("callers: %d errors (first: %s); %d tokens the server never issued, %d handed out after the ExpiresAt the Source reported",
+			r.otherErrs+r.revokedErrs, r.firstOther, r.unknown, r.pastOwn)
+	}
+	if r.maxLate >= cfg.lifetime {
+		t.Errorf("a token was handed out %v after the server's expiry: more than a lifetime, a refresh missed", r.maxLate)
+	}
+}
+
+// expiryLine reports the access tokens handed out after the server's
+// expiry, and how much later than the server's the Source's ExpiresAt was.
+func (r *rotResults) expiryLine() string {
+	slices.Sort(r.skews)
+	slices.Sort(r.lates)
+	pct := func(d []time.Duration, p int) time.Duration {
+		if len(d) == 0 {
+			return 0
+		}
+		return d[min(len(d)-1, len(d)*p/100)].Round(time.Millisecond)
+	}
+	return fmt.Sprintf("past the server's expiry %d (of which the Source reported a later ExpiresAt %d), at most %v late (p50 %v); "+
+		"the Source's ExpiresAt minus the server's: p50 %v, p90 %v, p99 %v, max %v",
+		r.expired, r.laterExpiry, pct(r.lates, 100), pct(r.lates, 50),
+		pct(r.skews, 50), pct(r.skews, 90), pct(r.skews, 99), pct(r.skews, 100))
+}
