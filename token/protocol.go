@@ -149,9 +149,13 @@ func (s *Source) load(ctx context.Context) (read, error) {
 	// What was announced before the read was sent must be in the store's
 	// fence: the store publishes an event only after the write.
 	seen, dead := s.near.seen.Load(), s.near.dead.Load()
+	sent := time.Now()
 	sh, err := s.store.Load(ctx)
 	switch {
 	case err == nil:
+		// The TTL was read when the request arrived; count it from when
+		// it was sent, so that the copy never outlives the original.
+		sh.TTL -= time.Since(sent)
 		s.storeUp(false)
 		s.confirm(seen, dead, sh.Fence)
 		if err := s.checkIdentity(sh.Fence); err != nil {
@@ -308,7 +312,11 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	if err == nil {
 		// Only tokens issued count: failures are paced by the backoff.
 		s.gate.fetches.add(time.Now())
-		sh, err = s.accept(f.tok, version)
+		if sh, err = s.accept(f.tok, version); err != nil && f.rot != nil {
+			// The upstream replaced the state even if its token is of
+			// no use: keep the new state.
+			s.commitRotation(ctx, f.rot)
+		}
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)
@@ -356,13 +364,18 @@ func (s *Source) shareFetched(ctx context.Context, sh Shared, rot *rotated) (*en
 			return err
 		})
 	}
+	s.commitRotation(ctx, rot)
+	return s.share(ctx, sh, s.store.Save)
+}
+
+// commitRotation commits rot alone, durably, and logs it if it was lost.
+func (s *Source) commitRotation(ctx context.Context, rot *rotated) {
 	cctx, cancel := detached(ctx, s.opts.FetchTimeout)
+	defer cancel()
 	err := s.rot.commit(cctx, rot, func(ctx context.Context) error { return s.rot.rs.CommitRefresh(ctx, rot.gen, rot.next) })
-	cancel()
 	if err != nil && !errors.Is(err, errFencedAfterCommit) {
 		s.lostRotation(rot, err)
 	}
-	return s.share(ctx, sh, s.store.Save)
 }
 
 // lostRotation logs a new refresh state that could not be committed.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -322,4 +323,152 @@ func TestOversizedRefreshState(t *testing.T) {
 	if rs, err := st.LoadRefresh(ctx); err != nil || rs.Value != first {
 		t.Errorf("stored state changed: %d bytes, %v", len(rs.Value), err)
 	}
+}
+
+// expiredOnce is a Redeemer whose first redemption rotates the state but
+// returns an access token that has already expired.
+type expiredOnce struct {
+	*tokentest.Rotating
+	first atomic.Bool
+	sent  []string // the refresh states redeemed, in order
+	mu    sync.Mutex
+}
+
+func (e *expiredOnce) Redeem(ctx context.Context, refresh string) (token.Token, string, error) {
+	e.mu.Lock()
+	e.sent = append(e.sent, refresh)
+	e.mu.Unlock()
+	tok, next, err := e.Rotating.Redeem(ctx, refresh)
+	if err == nil && e.first.CompareAndSwap(false, true) {
+		tok.ExpiresAt = time.Now().Add(-time.Second)
+	}
+	return tok, next, err
+}
+
+// TestRotatedStateKeptWithABadToken: a redemption that rotates the state
+// but returns an unusable access token (expired) still commits the new
+// state: the next redemption sends it, and nothing is revoked.
+func TestRotatedStateKeptWithABadToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := &expiredOnce{Rotating: tokentest.NewRotating(time.Hour)}
+		for _, separate := range []bool{false, true} {
+			up.first.Store(false)
+			st := tokentest.NewStore()
+			o := token.Options{Logger: quiet}
+			if separate {
+				o.RefreshStore = &journaledRefresh{rs: tokentest.NewStore(), j: &journal{}}
+			}
+			s, err := token.NewSource("c", up, journaledStore{Store: st, j: &journal{}}, st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SeedRefresh(context.Background(), up.Authorize()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Token(context.Background()); !errors.Is(err, token.ErrInvalidToken) {
+				t.Fatalf("separate=%v: first Token: %v, want ErrInvalidToken", separate, err)
+			}
+			time.Sleep(2 * time.Second) // the backoff after the bad token
+			if tok, err := s.Token(context.Background()); err != nil || !up.Valid(tok.Value) {
+				t.Errorf("separate=%v: after the bad token: %v, %v", separate, tok, err)
+			}
+			s.Close()
+		}
+		if up.Revocations() != 0 {
+			t.Errorf("%d revocations: the rotated state was dropped (sent %d states)", up.Revocations(), len(up.sent))
+		}
+	})
+}
+
+// TestWaiterNeverGetsAnExpiredToken: a caller that joins a refresh is not
+// handed the token that refresh ended with if it expired meanwhile. The
+// FetchDone hook stands for a starved scheduler: it holds the refresh past
+// the half-second token's expiry before the waiters wake.
+func TestWaiterNeverGetsAnExpiredToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.New(500 * time.Millisecond)
+		st := tokentest.NewStore()
+		var slow atomic.Bool
+		slow.Store(true)
+		hooks := token.Hooks{FetchDone: func(token.FetchDoneInfo) {
+			if slow.CompareAndSwap(true, false) {
+				time.Sleep(600 * time.Millisecond)
+			}
+		}}
+		s, err := token.NewSource("c", up, st, st, token.Options{Logger: quiet, Hooks: hooks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		tok, err := s.Token(context.Background())
+		if err != nil || !tok.Valid(time.Now()) {
+			t.Errorf("Token: %v (expired %v ago), %v; want a valid token", tok, time.Since(tok.ExpiresAt), err)
+		}
+	})
+}
+
+// slowReply is a store whose Load replies a second after it read: the
+// reply spent that second in transit (or in a starved process).
+type slowReply struct{ *tokentest.Store }
+
+func (s slowReply) Load(ctx context.Context) (token.Shared, error) {
+	sh, err := s.Store.Load(ctx)
+	time.Sleep(time.Second)
+	return sh, err
+}
+
+// TestExpiryCountsFromTheRequest: a token read from the store expires
+// when the store said, counted from when the read was sent, not from when
+// its reply arrived: never later than the upstream's expiry.
+func TestExpiryCountsFromTheRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.New(10 * time.Second)
+		st := tokentest.NewStore()
+		a, err := token.NewSource("c", up, st, st, token.Options{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		b, err := token.NewSource("c", up, slowReply{st}, st, token.Options{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		ta, err := a.Token(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, err := b.Token(context.Background())
+		if err != nil || tb.Value != ta.Value {
+			t.Fatalf("b: %v, %v; want a's token", tb, err)
+		}
+		if tb.ExpiresAt.After(ta.ExpiresAt) {
+			t.Errorf("b's copy expires %v after the upstream's token", tb.ExpiresAt.Sub(ta.ExpiresAt))
+		}
+	})
+}
+
+// TestCloseMidRedemption: Close while a redemption is in flight waits for
+// it to be committed (a rolling deploy closes Sources at any moment): the
+// state the upstream issued is stored when Close returns.
+func TestCloseMidRedemption(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.NewRotating(time.Hour)
+		up.Latency = 3 * time.Second
+		st := tokentest.NewStore()
+		s, err := token.NewSource("c", up, st, st, token.Options{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SeedRefresh(context.Background(), up.Authorize()); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _, _ = s.Token(context.Background()) }()
+		time.Sleep(time.Second) // mid-redemption
+		_ = s.Close()
+		rs, err := st.LoadRefresh(context.Background())
+		if err != nil || rs.Generation != 2 {
+			t.Errorf("after Close: generation %d (%v), want 2: the redeemed state was lost", rs.Generation, err)
+		}
+	})
 }

@@ -163,11 +163,12 @@ func (s *Source) wait(ctx context.Context, e *entry, valid bool) (Token, error) 
 		select {
 		case <-c.done:
 			if c.err == nil {
-				if c.val != nil && c.val.alive(s.near.dead.Load()) {
+				if c.val != nil && c.val.valid() && c.val.alive(s.near.dead.Load()) {
 					s.markUsed(c.val)
 					return c.val.tok, nil
 				}
-				// Invalidated while that refresh ran: wait for the next.
+				// Invalidated or expired while that refresh ran: wait
+				// for the next.
 				continue
 			}
 			if valid && e.valid() && e.alive(s.near.dead.Load()) {
@@ -257,7 +258,8 @@ const closeWait = time.Second
 // that ignores cancellation (a go-redis client without
 // ContextTimeoutEnabled waits for its socket timeouts); such work ends on
 // its own and changes nothing the caller sees. A Fetcher that ignores its
-// context may still be running.
+// context may still be running. With a Redeemer, Close waits up to
+// FetchTimeout longer for a redemption in flight to be committed.
 func (s *Source) Close() error {
 	s.life.once.Do(func() {
 		s.flight.close()
@@ -268,7 +270,13 @@ func (s *Source) Close() error {
 			s.flight.wait()
 			close(done)
 		}()
-		t := time.NewTimer(closeWait)
+		wait := closeWait
+		if s.rot != nil {
+			// A redemption in flight must be committed: its state is
+			// the only one the upstream still accepts.
+			wait += s.opts.FetchTimeout
+		}
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
 		case <-done:
