@@ -246,7 +246,7 @@ func (s *Source) refreshLocked(ctx, lctx context.Context) (*entry, error) {
 		// fetching again.
 		if ttl := time.Until(deadline); ttl > s.opts.window(p.Lifetime) {
 			p.Version, p.TTL = version, ttl
-			e, err := s.share(ctx, p, s.store.Save)
+			e, err := s.share(ctx, p, time.Now(), s.store.Save)
 			if err == nil {
 				s.log.Info("tokencache: shared the token fetched while the store was unavailable")
 			}
@@ -333,7 +333,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
-	shared, err := s.shareFetched(ctx, sh, f.rot)
+	shared, err := s.shareFetched(ctx, sh, time.Now(), f.rot)
 	fenced := (shared == nil && errors.Is(err, ErrFenced)) || (shared != nil && shared.version != sh.Version)
 	s.opts.Hooks.fetchDone(s.name, reason, took, fenced, nil)
 	switch {
@@ -351,12 +351,12 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 // replaced the one sh was redeemed with: in one step if the Store keeps
 // both, else durably before the token is shared, so that a crash between
 // the two writes costs only an access token, which is fetched again.
-func (s *Source) shareFetched(ctx context.Context, sh Shared, rot *rotated) (*entry, error) {
+func (s *Source) shareFetched(ctx context.Context, sh Shared, born time.Time, rot *rotated) (*entry, error) {
 	if rot == nil {
-		return s.share(ctx, sh, s.store.Save)
+		return s.share(ctx, sh, born, s.store.Save)
 	}
 	if sv := s.rot.saver; sv != nil {
-		return s.share(ctx, sh, func(ctx context.Context, sh Shared) error {
+		return s.share(ctx, sh, born, func(ctx context.Context, sh Shared) error {
 			err := s.rot.commit(ctx, rot, func(ctx context.Context) error { return sv.SaveRotated(ctx, sh, rot.gen, rot.next) })
 			if err != nil && !errors.Is(err, ErrFenced) {
 				s.lostRotation(rot, err)
@@ -365,7 +365,7 @@ func (s *Source) shareFetched(ctx context.Context, sh Shared, rot *rotated) (*en
 		})
 	}
 	s.commitRotation(ctx, rot)
-	return s.share(ctx, sh, s.store.Save)
+	return s.share(ctx, sh, born, s.store.Save)
 }
 
 // commitRotation commits rot alone, durably, and logs it if it was lost.
@@ -394,17 +394,23 @@ func (s *Source) lostRotation(rot *rotated, err error) {
 		slog.Int64("generation", rot.gen), errAttr(err))
 }
 
-// share saves sh with save (a fenced write) and returns its entry. If the
+// share saves sh, whose TTL was counted at born, with save (a fenced
+// write) and returns its entry. If the
 // store already holds a newer token, it returns that one's entry, or nil
 // with an error wrapping ErrFenced.
-func (s *Source) share(ctx context.Context, sh Shared, save func(context.Context, Shared) error) (*entry, error) {
+func (s *Source) share(ctx context.Context, sh Shared, born time.Time, save func(context.Context, Shared) error) (*entry, error) {
 	sctx, cancel := detached(ctx, s.opts.FetchTimeout)
 	defer cancel()
-	err := save(sctx, sh)
+	// sh.TTL was counted at born: the store counts it from the save.
+	saved := sh
+	if saved.TTL -= time.Since(born); saved.TTL <= 0 {
+		return nil, fmt.Errorf("token: %s: the token expired before it could be saved: %w", s.name, ErrInvalidToken)
+	}
+	err := save(sctx, saved)
 	switch {
 	case err == nil:
 		s.storeUp(true)
-		if e := s.adopt(sh, 0); e != nil {
+		if e := s.adopt(saved, 0); e != nil {
 			return e, nil
 		}
 		// An event announced a newer version before the save: the

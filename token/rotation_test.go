@@ -472,3 +472,45 @@ func TestCloseMidRedemption(t *testing.T) {
 		}
 	})
 }
+
+// slowCommit is a RefreshStore whose commits take a second.
+type slowCommit struct{ token.RefreshStore }
+
+func (s slowCommit) CommitRefresh(ctx context.Context, gen int64, next string) error {
+	time.Sleep(time.Second)
+	return s.RefreshStore.CommitRefresh(ctx, gen, next)
+}
+
+// TestSavedTTLCountsFromTheFetch: the token is saved with the time it has
+// left when the save is sent, not when it was fetched: a slow commit
+// before it does not make other instances' copies outlive it.
+func TestSavedTTLCountsFromTheFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := tokentest.NewRotating(10 * time.Second)
+		st := tokentest.NewStore()
+		o := token.Options{Logger: quiet, RefreshStore: slowCommit{tokentest.NewStore()}}
+		a, err := token.NewSource("c", up, journaledStore{Store: st, j: &journal{}}, st, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.SeedRefresh(context.Background(), up.Authorize()); err != nil {
+			t.Fatal(err)
+		}
+		upstreamExpiry := time.Now().Add(10 * time.Second) // redeemed now, no latency
+		ta, err := a.Token(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh, err := st.Load(context.Background())
+		if err != nil || sh.Value != ta.Value {
+			t.Fatalf("stored: %v", err)
+		}
+		if at := time.Now().Add(sh.TTL); at.After(upstreamExpiry) {
+			t.Errorf("the stored token outlives the upstream's by %v", at.Sub(upstreamExpiry))
+		}
+		if ta.ExpiresAt.After(upstreamExpiry) {
+			t.Errorf("the Source's token outlives the upstream's by %v", ta.ExpiresAt.Sub(upstreamExpiry))
+		}
+	})
+}
