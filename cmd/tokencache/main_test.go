@@ -132,7 +132,7 @@ func (d *deployment) storedSecrets(t *testing.T) []string {
 	t.Helper()
 	ctx := context.Background()
 	var out []string
-	for _, name := range []string{"acct", "rot"} {
+	for _, name := range []string{"acct", "rot", "sealed"} {
 		tag := "{" + d.prefix + name + "}"
 		raw := []string{d.rdb.Get(ctx, tag+":token").Val(), d.rdb.HGet(ctx, tag+":refresh", "v").Val()}
 		for _, v := range raw {

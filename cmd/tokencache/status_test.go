@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/rediscache"
 	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/tokentest"
 )
 
 // statusJSON runs status -json and decodes it.
@@ -148,5 +150,34 @@ func TestStatusHostileKeys(t *testing.T) {
 			}
 		}
 		noSecrets(t, append(secrets, d.secrets...), r.stdout, r.stderr, j.stdout, j.stderr)
+	})
+}
+
+// TestStatusSealed: a token sealed with a Keyring is shown by its clear
+// version and key ID, without a fingerprint.
+func TestStatusSealed(t *testing.T) {
+	backends(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		d := &deployment{prefix: redistest.Prefix(t), rdb: b.Client(t)}
+		var err error
+		d.cache, err = rediscache.New(d.rdb, rediscache.Options{Prefix: d.prefix, Source: token.Options{Logger: quiet},
+			Encryption: &rediscache.Keyring{Current: "k-2026", Keys: map[string][]byte{"k-2026": make([]byte, 32)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := d.source(t, "sealed", tokentest.New(time.Hour))
+		tok, err := src.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, r := statusJSON(t, b, d, "sealed")
+		if st.Token == nil || !st.Token.Sealed || st.Token.KeyID != "k-2026" || st.Token.Version == 0 || st.Token.Fingerprint != "" {
+			t.Errorf("token = %+v", st.Token)
+		}
+		text := runCmd(t, append(connFlags(b, d.prefix), "status", "sealed")...)
+		if !strings.Contains(text.stdout, `sealed with key "k-2026"`) {
+			t.Errorf("status: %v", text)
+		}
+		noSecrets(t, append(d.storedSecrets(t), tok.Value), r.stdout, text.stdout)
 	})
 }
