@@ -24,6 +24,7 @@ type ConnectError struct {
 	Err     error
 }
 
+// Error names the server and the cause, never a password.
 func (e *ConnectError) Error() string {
 	if e.Refused {
 		return fmt.Sprintf("Redis at %s refused the connection: %v", e.Addr, e.Err)
@@ -31,6 +32,7 @@ func (e *ConnectError) Error() string {
 	return fmt.Sprintf("cannot reach Redis at %s: %v", e.Addr, e.Err)
 }
 
+// Unwrap returns the cause: a dial error, or the server's redis.Error.
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // conn is a connected client with what the commands need to know of it.

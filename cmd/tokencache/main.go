@@ -9,7 +9,7 @@
 //
 // Usage:
 //
-//	tokencache [flags] list
+//	tokencache [flags] list [-json]
 //	tokencache [flags] status [-json] NAME
 //	tokencache [flags] watch [NAME...]
 //	tokencache [flags] invalidate NAME -version V
@@ -41,7 +41,7 @@ const (
 const usageText = `usage: tokencache [flags] COMMAND [ARGS]
 
 Commands:
-  list                        names of the credentials under the prefix
+  list [-json]                names of the credentials under the prefix
   status [-json] NAME         one credential's state (never its token)
   watch [NAME...]             refresh and invalidate events, until interrupted
   invalidate NAME -version V  remove the token if V is still its version
