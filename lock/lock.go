@@ -37,16 +37,44 @@ func New(rdb redislock.RedisClient) *Client {
 	return &Client{rl: redislock.New(rdb)}
 }
 
+// MaxMetadataLen is the longest metadata a lock may carry.
+const MaxMetadataLen = 256
+
+// tokenLen is the length of redislock's random token (16 bytes, base64url
+// without padding), which starts every lock value.
+const tokenLen = 22
+
+// Option configures TryObtain.
+type Option func(*options)
+
+type options struct{ meta string }
+
+// WithMetadata stores meta in the lock's value, after its random token, so
+// that an operator can see who holds the lock (see MetadataOf). It must be
+// printable ASCII, at most MaxMetadataLen bytes, and no secret: anyone who
+// can read the key reads it. It plays no part in who holds the lock:
+// redislock compares only the token to re-obtain a lock, and the whole
+// value (token and metadata) to refresh or release it.
+func WithMetadata(meta string) Option { return func(o *options) { o.meta = meta } }
+
 // TryObtain obtains the lock at key for ttl without waiting. It returns
 // ErrNotObtained if someone else holds it. The Lock stays alive until
 // Release, or until ctx is done.
-func (c *Client) TryObtain(ctx context.Context, key string, ttl time.Duration) (*Lock, error) {
+func (c *Client) TryObtain(ctx context.Context, key string, ttl time.Duration, opts ...Option) (*Lock, error) {
 	if ttl < 3*time.Millisecond {
 		return nil, fmt.Errorf("lock: ttl %v is too short", ttl)
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := checkMetadata(o.meta); err != nil {
+		return nil, err
+	}
 	// The default random token: a custom one could be a prefix of another
-	// holder's and steal its lock.
-	l, err := c.rl.Obtain(ctx, key, ttl, &redislock.Options{RetryStrategy: redislock.NoRetry()})
+	// holder's and steal its lock. Metadata goes after the token, which is
+	// all that the obtain script compares.
+	l, err := c.rl.Obtain(ctx, key, ttl, &redislock.Options{RetryStrategy: redislock.NoRetry(), Metadata: o.meta})
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +82,40 @@ func (c *Client) TryObtain(ctx context.Context, key string, ttl time.Duration) (
 	lk.ctx, lk.cancel = context.WithCancelCause(ctx)
 	go lk.keepAlive()
 	return lk, nil
+}
+
+// checkMetadata refuses metadata that would make the lock value hard to
+// show safely: too long, or not printable ASCII.
+func checkMetadata(meta string) error {
+	if len(meta) > MaxMetadataLen {
+		return fmt.Errorf("lock: metadata of %d bytes (at most %d)", len(meta), MaxMetadataLen)
+	}
+	for i := 0; i < len(meta); i++ {
+		if meta[i] < 0x20 || meta[i] > 0x7e {
+			return fmt.Errorf("lock: metadata holds byte %#x at %d (printable ASCII only)", meta[i], i)
+		}
+	}
+	return nil
+}
+
+// MetadataOf returns the metadata in value, a lock's value as read from
+// Redis, without the random token that precedes it (which is the holder's
+// proof of ownership, not something to show). ok is false if value is not
+// what TryObtain writes.
+func MetadataOf(value string) (meta string, ok bool) {
+	if len(value) < tokenLen || len(value) > tokenLen+MaxMetadataLen {
+		return "", false
+	}
+	for i := 0; i < tokenLen; i++ {
+		if b := value[i]; !(b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-' || b == '_') {
+			return "", false
+		}
+	}
+	meta = value[tokenLen:]
+	if checkMetadata(meta) != nil {
+		return "", false
+	}
+	return meta, true
 }
 
 // Lock is a held lock. It refreshes its TTL every quarter of the TTL until
@@ -75,6 +137,9 @@ func (l *Lock) Context() context.Context { return l.ctx }
 
 // Key returns the locked key.
 func (l *Lock) Key() string { return l.l.Key() }
+
+// Metadata returns the metadata the lock was obtained with (WithMetadata).
+func (l *Lock) Metadata() string { return l.l.Metadata() }
 
 func (l *Lock) keepAlive() {
 	// The lock is certainly ours until lastOK+ttl (lastOK is when the last

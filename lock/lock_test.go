@@ -181,3 +181,83 @@ func TestLostBeforeExpiry(t *testing.T) {
 		t.Error("Release after a loss left the key behind")
 	}
 }
+
+// TestMetadata: the metadata is stored after the random token, read back
+// with MetadataOf, kept by the keep-alive and released with the lock, and
+// it never lets a second holder in, even with the same metadata or a value
+// that shares it.
+func TestMetadata(t *testing.T) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c, k := lock.New(rdb), key(t)
+			const meta = "host=web-1 pid=42 cache=0123abcd"
+			l, err := c.TryObtain(ctx, k, 80*time.Millisecond, lock.WithMetadata(meta))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Metadata() != meta {
+				t.Errorf("Metadata() = %q", l.Metadata())
+			}
+			v, err := rdb.Get(ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := lock.MetadataOf(v); !ok || got != meta {
+				t.Errorf("MetadataOf(stored) = %q, %v; want %q", got, ok, meta)
+			}
+			if _, err := c.TryObtain(ctx, k, time.Second, lock.WithMetadata(meta)); !errors.Is(err, lock.ErrNotObtained) {
+				t.Fatalf("TryObtain with the holder's metadata: %v, want ErrNotObtained", err)
+			}
+			// Outlive the TTL: refreshes compare the whole value.
+			time.Sleep(200 * time.Millisecond) // several TTLs: the keep-alive must refresh
+			if err := l.Context().Err(); err != nil {
+				t.Fatalf("lock with metadata lost: %v", context.Cause(l.Context()))
+			}
+			if err := l.Release(ctx); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			if n, _ := rdb.Exists(ctx, k).Result(); n != 0 {
+				t.Error("Release left the key")
+			}
+			// A foreign value whose tail is our metadata is not ours.
+			if err := rdb.Set(ctx, k, "AAAAAAAAAAAAAAAAAAAAAA"+meta, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.TryObtain(ctx, k, time.Second, lock.WithMetadata(meta)); !errors.Is(err, lock.ErrNotObtained) {
+				t.Fatalf("TryObtain over a foreign value with our metadata: %v, want ErrNotObtained", err)
+			}
+		})
+	}
+}
+
+func TestMetadataRefused(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	c := lock.New(rdb)
+	for _, meta := range []string{"a\nb", "\x00", "é", string(make([]byte, lock.MaxMetadataLen+1))} {
+		if _, err := c.TryObtain(context.Background(), "k", time.Second, lock.WithMetadata(meta)); err == nil || errors.Is(err, lock.ErrNotObtained) {
+			t.Errorf("metadata %q: %v, want a refusal before any I/O", meta, err)
+		}
+	}
+}
+
+func TestMetadataOf(t *testing.T) {
+	tok := "abcdefghijklmnopqrstu-"
+	for _, tc := range []struct {
+		value, meta string
+		ok          bool
+	}{
+		{tok, "", true},
+		{tok + "host=a pid=1", "host=a pid=1", true},
+		{"short", "", false},
+		{"abcdefghijklmnopqrstu!" + "x", "", false}, // not a redislock token
+		{tok + "x\ny", "", false},
+		{tok + string(make([]byte, lock.MaxMetadataLen+1)), "", false},
+	} {
+		meta, ok := lock.MetadataOf(tc.value)
+		if meta != tc.meta || ok != tc.ok {
+			t.Errorf("MetadataOf(%q) = %q, %v; want %q, %v", tc.value, meta, ok, tc.meta, tc.ok)
+		}
+	}
+}

@@ -5,7 +5,7 @@
 // touch several of them work on Redis Cluster:
 //
 //	{<prefix><name>}:token          the token, "1|<version>|<lifetime ms>|<value>", with a TTL
-//	{<prefix><name>}:lock           the refresh lock (package lock)
+//	{<prefix><name>}:lock           the refresh lock (package lock), naming its holder (Cache.Instance)
 //	{<prefix><name>}:fence          a hash: the last version issued, written and invalidated
 //	{<prefix><name>}:backoff        a hash: failed refreshes, and until when nobody fetches
 //	{<prefix><name>}:order          the issuer's order of the last pushed value, with its TTL
@@ -143,7 +143,9 @@ type Cache struct {
 	opts  Options
 	locks *lock.Client
 	log   *slog.Logger
-	codec codec
+	// instance is who holds a lock this Cache obtained (see Instance).
+	instance string
+	codec    codec
 
 	scope     *scope  // the channels events are published on
 	malformed rateLog // warnings about malformed notifications
@@ -198,6 +200,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Cache, error) {
 		rdb:      rdb,
 		opts:     opts,
 		locks:    lock.New(rdb),
+		instance: newInstance(),
 		log:      opts.Source.Logger,
 		codec:    c,
 		scope:    newScope(rdb, opts),

@@ -457,17 +457,23 @@ redis.call('DEL', KEYS[1])
 return 1
 `)
 
+// obtain tries the lock once, naming this Cache's instance as its holder
+// in the lock's metadata (see Cache.Instance).
+func (c *Credential) obtain(ctx context.Context) (*lock.Lock, error) {
+	return c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL, lock.WithMetadata(c.s.instance))
+}
+
 // TryLock implements token.Locker with package lock: the lock is kept alive
-// until released.
+// until released. The lock's value names the holder (Cache.Instance).
 func (c *Credential) TryLock(ctx context.Context) (token.Held, error) {
-	l, err := c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
+	l, err := c.obtain(ctx)
 	broken := err != nil && (errors.Is(err, lock.ErrNotObtained) || strings.Contains(err.Error(), "WRONGTYPE"))
 	if broken && c.mayRepairLock() {
 		// A lock of the wrong type or without a TTL is nobody's: it
 		// would block every refresh forever.
 		if n, rerr := repairLockScript.Run(ctx, c.s.rdb, []string{c.lock}).Int(); rerr == nil && n == 1 {
 			c.s.log.Warn("tokencache: removed a refresh lock that was not ours (wrong type or no TTL)", slog.String("credential", c.name))
-			l, err = c.s.locks.TryObtain(ctx, c.lock, c.s.opts.LockTTL)
+			l, err = c.obtain(ctx)
 		}
 	}
 	switch {
