@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the topology of docker-compose.yml as plain processes on loopback:
-# Redis, examples/fakeupstream, and three examples/server instances. It asks
-# every instance for the token a few times, checks that they all serve the
-# same one and that the upstream issued one token, prints what it saw, and
-# stops everything. Needs redis-server; exits non-zero if the check fails.
+# Redis, examples/fakeupstream, and three extra/otel/examples/server
+# instances. It asks every instance for the token a few times, checks that
+# they all serve the same one, that the upstream issued one token, and that
+# the fetches the instances report on /metrics (OpenTelemetry, Prometheus
+# format) add up to the upstream's own count; prints what it saw, and stops
+# everything. Needs redis-server and curl; exits non-zero if a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,8 @@ wait_http() { # url
   return 1
 }
 
-go build -o "$work/server" ./examples/server
+# The server is in a module of its own (OpenTelemetry stays out of the core).
+(cd extra/otel && go build -o "$work/server" ./examples/server)
 go build -o "$work/fakeupstream" ./examples/fakeupstream
 
 redis_port=$(free_port 16400)
@@ -64,10 +67,18 @@ distinct=$(grep -o '"fingerprint":"[^"]*"' "$work/tokens.json" | sort -u | wc -l
 invalid=$(grep -c '"valid":false' "$work/tokens.json" || true)
 stats=$(curl -fsS "http://127.0.0.1:$up_port/stats")
 echo "upstream: $stats"
-echo "compose-local: ${#ports[@]} instances, $distinct distinct token(s), $invalid invalid"
+# The cluster's successful fetches, as each instance reports them on /metrics.
+fetched=0
+for port in "${ports[@]}"; do
+  curl -fsS "http://127.0.0.1:$port/metrics" >"$work/metrics-$port.txt"
+  grep '^tokencache_fetches_total{' "$work/metrics-$port.txt" | sed "s/^/127.0.0.1:$port /" || true
+  n=$(awk '/^tokencache_fetches_total\{/ && /tokencache_fetch_outcome="ok"/ { s += $NF } END { printf "%d", s }' "$work/metrics-$port.txt")
+  fetched=$((fetched + n))
+done
+echo "compose-local: ${#ports[@]} instances, $distinct distinct token(s), $invalid invalid, $fetched fetch(es) on /metrics"
 issued=$(echo "$stats" | grep -o '"issued":[0-9]*' | cut -d: -f2)
-if [ "$distinct" != 1 ] || [ "$issued" != 1 ] || [ "$invalid" != 0 ]; then
-  echo "compose-local: FAILED: want one token, one upstream fetch, no invalid token" >&2
+if [ "$distinct" != 1 ] || [ "$issued" != 1 ] || [ "$invalid" != 0 ] || [ "$fetched" != "$issued" ]; then
+  echo "compose-local: FAILED: want one token, one upstream fetch, no invalid token, and the fetches on /metrics to add up to the upstream's count" >&2
   for f in "$work"/app*.log; do echo "== $f" >&2; cat "$f" >&2; done
   exit 1
 fi
