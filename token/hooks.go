@@ -78,7 +78,8 @@ type WaitDoneInfo struct {
 type InvalidateInfo struct {
 	Credential string
 	// Removed: the store removed the token; false: it was already
-	// replaced (or the call failed).
+	// replaced (possibly by the refresh this call started: callers stop
+	// using a token the moment it is reported bad) or the call failed.
 	Removed bool
 }
 
@@ -104,18 +105,22 @@ type LockLostInfo struct {
 
 // waitOutcome classifies the result of a Token call.
 func waitOutcome(err error) string {
-	var be *BackoffError
 	switch {
 	case err == nil:
 		return WaitOK
 	case errors.Is(err, ErrClosed):
 		return WaitClosed
-	case errors.As(err, &be):
+	case isBackoff(err):
 		return WaitBackoff
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, ErrRefreshTimeout):
 		return WaitTimeout
 	}
 	return WaitError
+}
+
+func isBackoff(err error) bool {
+	var be *BackoffError
+	return errors.As(err, &be)
 }
 
 // fetchDone reports a fetch that ended with err (nil: shared, or fenced).
