@@ -138,11 +138,21 @@ func runStatus(ctx context.Context, cfg *config, args []string, stdout, stderr i
 // reads are the commands of one status, pipelined on the server of the
 // credential's slot.
 type reads struct {
-	tokGet, lockGet, orderGet, refGen *redis.StringCmd
-	tokTTL, lockTTL, orderTTL         *redis.DurationCmd
-	fence, backoff                    *redis.MapStringStringCmd
-	refHas                            *redis.BoolCmd
-	now                               *redis.TimeCmd
+	tok, lock, order keyRead
+	fence, backoff   *redis.MapStringStringCmd
+	refGen           *redis.StringCmd
+	refHas           *redis.BoolCmd
+	now              *redis.TimeCmd
+}
+
+// keyRead is a string key's value and remaining time to live.
+type keyRead struct {
+	get *redis.StringCmd
+	ttl *redis.DurationCmd
+}
+
+func readKey(ctx context.Context, p redis.Pipeliner, key string) keyRead {
+	return keyRead{get: p.Get(ctx, key), ttl: p.PTTL(ctx, key)}
 }
 
 // gather reads the credential's keys: one pipeline, then a SCAN for its
@@ -155,12 +165,12 @@ func gather(ctx context.Context, c *conn, prefix, name string) (*status, error) 
 	}
 	p := node.Pipeline()
 	r := reads{
-		tokGet: p.Get(ctx, t+":token"), tokTTL: p.PTTL(ctx, t+":token"),
+		tok:     readKey(ctx, p, t+":token"),
 		fence:   p.HGetAll(ctx, t+":fence"),
-		lockGet: p.Get(ctx, t+":lock"), lockTTL: p.PTTL(ctx, t+":lock"),
-		backoff:  p.HGetAll(ctx, t+":backoff"),
-		orderGet: p.Get(ctx, t+":order"), orderTTL: p.PTTL(ctx, t+":order"),
-		refGen: p.HGet(ctx, t+":refresh", "gen"), refHas: p.HExists(ctx, t+":refresh", "v"),
+		lock:    readKey(ctx, p, t+":lock"),
+		backoff: p.HGetAll(ctx, t+":backoff"),
+		order:   readKey(ctx, p, t+":order"),
+		refGen:  p.HGet(ctx, t+":refresh", "gen"), refHas: p.HExists(ctx, t+":refresh", "v"),
 		now: p.Time(ctx),
 	}
 	cmds, _ := p.Exec(ctx) // each command's error is looked at below
@@ -171,11 +181,11 @@ func gather(ctx context.Context, c *conn, prefix, name string) (*status, error) 
 	}
 	now := r.now.Val()
 	st := &status{Name: name, Prefix: prefix}
-	st.Token = tokenOf(r.tokGet, r.tokTTL)
+	st.Token = tokenOf(r.tok.get, r.tok.ttl)
 	st.Fence = fenceOf(r.fence)
-	st.Lock = lockOf(r.lockGet, r.lockTTL)
+	st.Lock = lockOf(r.lock.get, r.lock.ttl)
 	st.Backoff = backoffOf(r.backoff, now)
-	st.Order = orderOf(r.orderGet, r.orderTTL)
+	st.Order = orderOf(r.order.get, r.order.ttl)
 	st.Refresh = refreshOf(r.refGen, r.refHas)
 	st.Limits, err = limits(ctx, node, prefix, name, now)
 	if err != nil {
