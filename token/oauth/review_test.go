@@ -1,0 +1,107 @@
+package oauth_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"golang.org/x/oauth2"
+
+	"github.com/tokencache/tokencache/token"
+	"github.com/tokencache/tokencache/token/oauth"
+	"github.com/tokencache/tokencache/token/tokentest"
+)
+
+// rotatingEndpoint is a token endpoint that rotates refresh tokens (rt-1,
+// rt-2, ...) and replies with accessFor(n) and, if withExpiry, expires_in.
+type rotatingEndpoint struct {
+	mu         sync.Mutex
+	current    int
+	reused     int
+	withExpiry bool
+	accessFor  func(n int) string
+}
+
+func (e *rotatingEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_ = r.ParseForm()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r.PostForm.Get("refresh_token") != fmt.Sprintf("rt-%d", e.current) {
+		e.reused++
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
+		return
+	}
+	e.current++
+	reply := map[string]any{"access_token": e.accessFor(e.current), "token_type": "Bearer",
+		"refresh_token": fmt.Sprintf("rt-%d", e.current)}
+	if e.withExpiry {
+		reply["expires_in"] = 3600
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(reply)
+}
+
+// TestReviewRefresherKeepsRotatedStateOfUnusableToken: an endpoint that
+// rotates the refresh token but whose access token the Refresher refuses
+// (no expires_in without DefaultLifetime: ErrNoExpiry; or the previous
+// access token again: ErrSameToken) has replaced the state all the same.
+// The Refresher returned next = "" with its error, so the Source kept the
+// replaced refresh token: the next redemption resends it, which a rotating
+// endpoint takes as reuse and refuses (the family is revoked). The core
+// commits a rotated state even when the token is unusable (e5f740b); the
+// Refresher drops it before the core sees it.
+func TestReviewRefresherKeepsRotatedStateOfUnusableToken(t *testing.T) {
+	cases := map[string]*rotatingEndpoint{
+		"no expires_in": {current: 1, accessFor: func(n int) string { return fmt.Sprintf("at-%d", n) }},
+		"same access token": {current: 1, withExpiry: true, accessFor: func(int) string { return "at-same" }},
+	}
+	for name, ep := range cases {
+		t.Run(name, func(t *testing.T) {
+			hs := httptest.NewServer(ep)
+			defer hs.Close()
+			cfg := &oauth2.Config{ClientID: "client", ClientSecret: "secret",
+				Endpoint: oauth2.Endpoint{TokenURL: hs.URL, AuthStyle: oauth2.AuthStyleInHeader}}
+			r := &oauth.Refresher{Config: cfg}
+			st := tokentest.NewStore()
+			s, err := token.NewSource("u", r, st, st, token.Options{Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			if err := s.SeedRefresh(ctx, "rt-1"); err != nil {
+				t.Fatal(err)
+			}
+			if ep.withExpiry {
+				// A first good token, then the same access token again.
+				if _, err := s.Token(ctx); err != nil {
+					t.Fatal(err)
+				}
+				tok, _ := s.Token(ctx)
+				_ = s.Invalidate(ctx, tok.Value)
+			}
+			_, err = s.Token(ctx)
+			t.Logf("Token: %v", err)
+			if !errors.Is(err, oauth.ErrNoExpiry) && !errors.Is(err, oauth.ErrSameToken) {
+				t.Fatalf("Token: %v, want ErrNoExpiry or ErrSameToken", err)
+			}
+			ep.mu.Lock()
+			want := fmt.Sprintf("rt-%d", ep.current)
+			ep.mu.Unlock()
+			st2, err := st.LoadRefresh(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st2.Value != want {
+				t.Errorf("stored refresh state %q, but the endpoint replaced it with %q: the next redemption resends a spent refresh token", st2.Value, want)
+			}
+		})
+	}
+}
