@@ -312,11 +312,12 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	if err == nil {
 		// Only tokens issued count: failures are paced by the backoff.
 		s.gate.fetches.add(time.Now())
-		if sh, err = s.accept(f.tok, version); err != nil && f.rot != nil {
-			// The upstream replaced the state even if its token is of
-			// no use: keep the new state.
-			s.commitRotation(ctx, f.rot)
-		}
+		sh, err = s.accept(f.tok, version)
+	}
+	if err != nil && f.rot != nil {
+		// The upstream replaced the state even if its token is of no
+		// use: keep the new state.
+		s.commitRotation(ctx, f.rot)
 	}
 	if err != nil {
 		err = fmt.Errorf("token: %s: fetch: %w", s.name, err)

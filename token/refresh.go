@@ -62,6 +62,8 @@ type Redeemer interface {
 	// Redeem exchanges refresh for a new token and the next refresh
 	// state ("" if the upstream did not rotate it: refresh stays). An
 	// error matching ErrRefreshRevoked says the upstream refused refresh.
+	// A Redeemer whose upstream replaced refresh but whose token is of no
+	// use returns next with its error: next is committed all the same.
 	Redeem(ctx context.Context, refresh string) (tok Token, next string, err error)
 }
 
@@ -164,21 +166,28 @@ func (r *rotation) redeem(ctx, lctx context.Context) (fetched, error) {
 		return fetched{}, fmt.Errorf("refresh state generation %d refused before: %w", st.Generation, ErrRefreshRevoked)
 	}
 	tok, next, err := r.r.Redeem(ctx, st.Value)
-	if err != nil {
-		if errors.Is(err, ErrRefreshRevoked) {
-			r.refused.Store(st.Generation)
-		}
+	if err != nil && errors.Is(err, ErrRefreshRevoked) {
+		r.refused.Store(st.Generation)
 		return fetched{}, err
 	}
-	f := fetched{tok: tok}
+	var f fetched
 	if next != "" && next != st.Value {
-		if err := checkState(next); err != nil {
+		if cerr := checkState(next); cerr != nil {
 			// No store could keep it: the state is lost either way, and
 			// the error says why.
-			return fetched{}, fmt.Errorf("the upstream's new %w", err)
+			if err != nil {
+				return fetched{}, err
+			}
+			return fetched{}, fmt.Errorf("the upstream's new %w", cerr)
 		}
 		f.rot = &rotated{gen: st.Generation, next: next}
 	}
+	if err != nil {
+		// The token is of no use, but the upstream replaced the state:
+		// the caller commits f.rot all the same.
+		return f, err
+	}
+	f.tok = tok
 	return f, nil
 }
 

@@ -101,11 +101,13 @@ func (r *Refresher) Redeem(ctx context.Context, refresh string) (tok token.Token
 	if err != nil {
 		return token.Token{}, "", endpointError(GrantRefreshToken, err)
 	}
-	if tok, err = r.last.accept(t, sent, r.DefaultLifetime); err != nil {
-		return token.Token{}, "", err
-	}
 	if t.RefreshToken != refresh {
 		next = t.RefreshToken
+	}
+	if tok, err = r.last.accept(t, sent, r.DefaultLifetime); err != nil {
+		// The endpoint replaced refresh all the same: the Source
+		// commits next.
+		return token.Token{}, next, err
 	}
 	return tok, next, nil
 }

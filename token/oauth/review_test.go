@@ -59,7 +59,7 @@ func (e *rotatingEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Refresher drops it before the core sees it.
 func TestReviewRefresherKeepsRotatedStateOfUnusableToken(t *testing.T) {
 	cases := map[string]*rotatingEndpoint{
-		"no expires_in": {current: 1, accessFor: func(n int) string { return fmt.Sprintf("at-%d", n) }},
+		"no expires_in":     {current: 1, accessFor: func(n int) string { return fmt.Sprintf("at-%d", n) }},
 		"same access token": {current: 1, withExpiry: true, accessFor: func(int) string { return "at-same" }},
 	}
 	for name, ep := range cases {

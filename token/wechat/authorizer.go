@@ -176,9 +176,6 @@ func (f *AuthorizerFetcher) redeem(ctx context.Context, ct string, body []byte, 
 // refused, with the access token: it could not be stored.
 func parseAuthorizerReply(op string, body []byte, refresh string, sent time.Time) (token.Token, string, error) {
 	tok, err := parseTokenReply(op, body, "authorizer_access_token", sent)
-	if err != nil {
-		return token.Token{}, "", err
-	}
 	var r struct {
 		Next *string `json:"authorizer_refresh_token"`
 	}
@@ -191,10 +188,14 @@ func parseAuthorizerReply(op string, body []byte, refresh string, sent time.Time
 	}
 	switch {
 	case r.Next == nil || *r.Next == "" || *r.Next == refresh:
-		return tok, "", nil
+		return tok, "", err
 	case len(*r.Next) > token.MaxTokenLen:
 		return token.Token{}, "", fmt.Errorf("wechat: %s: authorizer_refresh_token of %d bytes, longer than token.MaxTokenLen: %w",
 			op, len(*r.Next), ErrBadReply)
+	case err != nil:
+		// WeChat replaced the refresh token even if the access token is
+		// of no use: the Source commits it (see token.Redeemer).
+		return token.Token{}, *r.Next, err
 	}
 	return tok, *r.Next, nil
 }

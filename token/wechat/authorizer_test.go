@@ -125,6 +125,14 @@ func wantRevoked(code int) func(*testing.T, token.Token, string, error) {
 	}
 }
 
+func wantBadReplyWithNext(want string) func(*testing.T, token.Token, string, error) {
+	return func(t *testing.T, tok token.Token, next string, err error) {
+		if !errors.Is(err, wechat.ErrBadReply) || tok.Value != "" || next != want {
+			t.Errorf("Redeem = %v, next %q, %v; want no token, next %q and ErrBadReply", tok, next, err, want)
+		}
+	}
+}
+
 func wantBadReply(t *testing.T, tok token.Token, next string, err error) {
 	if !errors.Is(err, wechat.ErrBadReply) || tok.Value != "" || next != "" {
 		t.Errorf("Redeem = %v, next %q, %v; want nothing and ErrBadReply", tok, next, err)
@@ -159,7 +167,9 @@ func redeemCases() []redeemCase {
 		{"HTTP 502", []string{"HTTP 502"}, 1, 0, wantBadReply},
 		{"not JSON", []string{"<html>502</html>"}, 1, 0, wantBadReply},
 		{"oversized", []string{`{"authorizer_access_token":"AT1","expires_in":7200}` + strings.Repeat(" ", 100<<10)}, 1, 0, wantBadReply},
-		{"empty access token", []string{okReply("", "refreshtoken@@@next")}, 1, 0, wantBadReply},
+		// The reply replaced the refresh token: next comes with the
+		// error, for the Source to commit (see token.Redeemer).
+		{"empty access token", []string{okReply("", "refreshtoken@@@next")}, 1, 0, wantBadReplyWithNext("refreshtoken@@@next")},
 		{"access token not a string", []string{`{"authorizer_access_token":7,"expires_in":7200}`}, 1, 0, wantBadReply},
 		{"expires_in 0", []string{`{"authorizer_access_token":"AT1","expires_in":0}`}, 1, 0, wantBadReply},
 		{"expires_in a year", []string{`{"authorizer_access_token":"AT1","expires_in":31536000}`}, 1, 0, wantBadReply},
