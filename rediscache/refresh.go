@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"time"
 
@@ -49,7 +50,8 @@ func (c *Credential) LoadRefresh(ctx context.Context) (token.RefreshState, error
 	}
 	gen, ok := parseVersion(res[0])
 	version, _, value, derr := c.s.codec.decode(c.name+":refresh", raw)
-	if !ok || derr != nil || version != gen {
+	if !ok || gen == math.MaxInt64 || derr != nil || version != gen {
+		// (A generation with no successor is not one this code wrote.)
 		// Not ours, or sealed for another generation: never redeem it.
 		return token.RefreshState{}, fmt.Errorf("rediscache: refresh state of %s: %w", c.name, token.ErrMalformed)
 	}
@@ -57,10 +59,11 @@ func (c *Credential) LoadRefresh(ctx context.Context) (token.RefreshState, error
 }
 
 // commitRefreshScript replaces the state of generation ARGV[1] with ARGV[2]
-// as generation ARGV[1]+1, if that is still the stored one (1), or not (-1).
+// as generation ARGV[3] (ARGV[1]+1, counted in Go: Lua's doubles are exact
+// only up to 2^53), if that is still the stored one (1), or not (-1).
 var commitRefreshScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'v') == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
+redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'v', ARGV[2])
 return 1
 `)
 
@@ -70,7 +73,7 @@ func (c *Credential) CommitRefresh(ctx context.Context, gen int64, next string) 
 	if err != nil {
 		return err
 	}
-	ok, err := c.s.durable(ctx, commitRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v)
+	ok, err := c.s.durable(ctx, commitRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v, strconv.FormatInt(gen+1, 10))
 	switch {
 	case err != nil:
 		return fmt.Errorf("rediscache: commit refresh state of %s: %w", c.name, err)
@@ -81,21 +84,22 @@ func (c *Credential) CommitRefresh(ctx context.Context, gen int64, next string) 
 }
 
 // saveRotatedScript is commitRefreshScript then saveScript, in one step:
-// KEYS are the refresh hash, then saveScript's (one hash slot); ARGV[1..2]
-// the generation and the next state, then saveScript's ARGV. It returns -1
-// if the generation is no longer stored (nothing written), 0 if the state
-// was committed but the token is fenced, 1 if both were written.
+// KEYS are the refresh hash, then saveScript's (one hash slot); ARGV[1..3]
+// the generation, the next generation and the next state, then
+// saveScript's ARGV. It returns -1 if the generation is no longer stored
+// (nothing written), 0 if the state was committed but the token is fenced,
+// 1 if both were written.
 var saveRotatedScript = redis.NewScript(luaPrelude + `
 if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 'v') == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
+redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'v', ARGV[3])
 fixfence(KEYS[3], KEYS[2])
 local written = tonumber(redis.call('HGET', KEYS[3], 'written') or '0')
-if tonumber(ARGV[3]) <= written then return 0 end
-redis.call('HSET', KEYS[3], 'written', ARGV[3])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'id', ARGV[7]) end
-redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+if tonumber(ARGV[4]) <= written then return 0 end
+redis.call('HSET', KEYS[3], 'written', ARGV[4])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[3], 'id', ARGV[8]) end
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
 redis.call('DEL', KEYS[4])
-for i = 8, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[6]) end
+for i = 9, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[7]) end
 return 1
 `)
 
@@ -109,7 +113,7 @@ func (c *Credential) SaveRotated(ctx context.Context, sh token.Shared, gen int64
 	if err != nil {
 		return err
 	}
-	args, err := c.s.publishTo(ctx, []any{strconv.FormatInt(gen, 10), rv, sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity)})
+	args, err := c.s.publishTo(ctx, []any{strconv.FormatInt(gen, 10), strconv.FormatInt(gen+1, 10), rv, sh.Version, v, ttl, formatEvent('r', sh.Version, c.name), fp(sh.Identity)})
 	if err != nil {
 		return fmt.Errorf("rediscache: save %s with its refresh state: %w", c.name, err)
 	}
@@ -125,11 +129,11 @@ func (c *Credential) SaveRotated(ctx context.Context, sh token.Shared, gen int64
 	return nil
 }
 
-// seedRefreshScript stores ARGV[2] as generation ARGV[1]+1 if the stored
-// generation is still ARGV[1] ("0": none) (1), or not (-1).
+// seedRefreshScript stores ARGV[2] as generation ARGV[3] (ARGV[1]+1) if
+// the stored generation is still ARGV[1] ("0": none) (1), or not (-1).
 var seedRefreshScript = redis.NewScript(`
 if (redis.call('HGET', KEYS[1], 'gen') or '0') ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[1], 'gen', tostring(tonumber(ARGV[1]) + 1), 'v', ARGV[2])
+redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'v', ARGV[2])
 return 1
 `)
 
@@ -144,14 +148,14 @@ func (c *Credential) SeedRefresh(ctx context.Context, value string) (int64, erro
 			return 0, fmt.Errorf("rediscache: seed refresh state of %s: %w", c.name, err)
 		}
 		gen, ok := parseVersion(g)
-		if !ok && g != "" {
+		if (!ok && g != "") || gen == math.MaxInt64 {
 			return 0, fmt.Errorf("rediscache: seed refresh state of %s: generation: %w", c.name, token.ErrMalformed)
 		}
 		v, err := c.encodeRefresh(gen+1, value)
 		if err != nil {
 			return 0, err
 		}
-		n, err := c.s.durable(ctx, seedRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v)
+		n, err := c.s.durable(ctx, seedRefreshScript, []string{c.refreshKey()}, strconv.FormatInt(gen, 10), v, strconv.FormatInt(gen+1, 10))
 		if err != nil {
 			return 0, fmt.Errorf("rediscache: seed refresh state of %s: %w", c.name, err)
 		}
