@@ -116,10 +116,11 @@ func (g *gate) backoffErrLocked(now time.Time) error {
 
 // backoffChanged reports whether a backoff started or ended since it was
 // last asked, and the record of the one that is (or was) active.
-func (g *gate) backoffChanged() (changed, active bool, rec SharedBackoff) {
+// A closed Source has none.
+func (g *gate) backoffChanged(closed bool) (changed, active bool, rec SharedBackoff) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	active = time.Now().Before(g.backoff.until)
+	active = !closed && time.Now().Before(g.backoff.until)
 	if active == g.reported {
 		return false, active, rec
 	}
@@ -135,7 +136,7 @@ func (s *Source) reportBackoff() {
 	if h == nil {
 		return
 	}
-	if changed, active, rec := s.gate.backoffChanged(); changed {
+	if changed, active, rec := s.gate.backoffChanged(s.life.ctx.Err() != nil); changed {
 		h(BackoffInfo{Credential: s.name, Active: active, Class: rec.Class, Code: rec.Code})
 	}
 }
