@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 
@@ -103,5 +105,35 @@ func TestReviewRefresherKeepsRotatedStateOfUnusableToken(t *testing.T) {
 				t.Errorf("stored refresh state %q, but the endpoint replaced it with %q: the next redemption resends a spent refresh token", st2.Value, want)
 			}
 		})
+	}
+}
+
+// TestReviewTransportInvalidatesWithoutReplay: a 401 invalid_token to a
+// request whose body cannot be replayed is returned as is (documented), but
+// the token it names is known bad all the same: unless it is invalidated,
+// every later request (on every instance) is sent with it until it expires.
+func TestReviewTransportInvalidatesWithoutReplay(t *testing.T) {
+	api := &scripted{status: []int{401, 200}, header: `Bearer error="invalid_token"`}
+	toks := &rotatingTokens{cur: "t1"}
+	c := &http.Client{Transport: &oauth.Transport{Tokens: toks, Base: api}}
+	req, err := http.NewRequest(http.MethodPost, "http://api.invalid/x", io.MultiReader(strings.NewReader("payload")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || len(api.auth) != 1 {
+		t.Fatalf("status %d after %d sends, want the 401, sent once", resp.StatusCode, len(api.auth))
+	}
+	resp, err = c.Get("http://api.invalid/y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if api.auth[1] != "Bearer t2" {
+		t.Errorf("next request sent with %q, want the rejected token replaced (invalidated: %q)", api.auth[1], toks.invalidated)
 	}
 }
