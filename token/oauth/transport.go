@@ -25,7 +25,7 @@ type Invalidator interface {
 // already replaced fetches nothing, so a storm of 401s costs one fetch) and
 // sends the request once more with the new one. A request whose body cannot
 // be replayed (a body without GetBody) is not sent again: its 401 is
-// returned.
+// returned, and its token invalidated all the same.
 type Transport struct {
 	// Tokens supplies the token.
 	Tokens Invalidator
@@ -46,8 +46,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("oauth: token: %w", err)
 	}
 	resp, err := base.RoundTrip(authorized(req, req.Body, tok))
-	if err != nil || !rejected(resp) || !replayable(req) {
+	if err != nil || !rejected(resp) {
 		return resp, err
+	}
+	if !replayable(req) {
+		// Not sent again, but the token is known bad: later requests
+		// get a new one. Its 401 is the answer either way.
+		_ = t.Tokens.Invalidate(ctx, tok.Value)
+		return resp, nil
 	}
 	// The reply is discarded for the retry: drain a little of it so the
 	// connection can be reused.
