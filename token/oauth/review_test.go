@@ -137,3 +137,45 @@ func TestReviewTransportInvalidatesWithoutReplay(t *testing.T) {
 		t.Errorf("next request sent with %q, want the rejected token replaced (invalidated: %q)", api.auth[1], toks.invalidated)
 	}
 }
+
+// TestReviewRefresherAutoDetectResends: with Endpoint.AuthStyle left at
+// its zero value (AuthStyleAutoDetect), x/oauth2 sends a request that
+// failed in any way a second time with the client credentials moved. For a
+// refresh token that is a second redemption of the same token: an endpoint
+// that acted on the first (and then failed: a 5xx, a reset connection)
+// takes the second as reuse and revokes the family. The README says to
+// set AuthStyle because refused requests cost two; nothing stops a
+// Refresher from redeeming one state twice without it.
+func TestReviewRefresherAutoDetectResends(t *testing.T) {
+	var mu sync.Mutex
+	sent := map[string]int{}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		mu.Lock()
+		sent[r.PostForm.Get("refresh_token")]++
+		mu.Unlock()
+		// Redeemed, then the reply fails.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = w.Write([]byte(`{"error":"server_error"}`))
+	}))
+	defer hs.Close()
+	cfg := &oauth2.Config{ClientID: "client-autodetect", ClientSecret: "secret", Endpoint: oauth2.Endpoint{TokenURL: hs.URL}}
+	st := tokentest.NewStore()
+	s, err := token.NewSource("u", &oauth.Refresher{Config: cfg}, st, st, token.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.SeedRefresh(ctx, "rt-1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Token(ctx)
+	t.Logf("Token: %v", err)
+	mu.Lock()
+	defer mu.Unlock()
+	if sent["rt-1"] > 1 {
+		t.Errorf("refresh token sent %d times by one redemption", sent["rt-1"])
+	}
+}
