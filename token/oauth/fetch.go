@@ -71,8 +71,10 @@ func (f *ClientCredentials) Identity() token.Identity {
 //
 // A refresh token the endpoint refuses (invalid_grant) gives an *Error that
 // matches token.ErrRefreshRevoked: the user must sign in again. Name each
-// user's credential with UserName. Set Config.Endpoint.AuthStyle (see
-// ClientCredentials). Set its fields before first use.
+// user's credential with UserName. Set Config.Endpoint.AuthStyle: with
+// auto-detection x/oauth2 resends a failed request, which would redeem a
+// refresh token twice, so Redeem refuses it (token.ErrInvalidConfig). Set
+// its fields before first use.
 type Refresher struct {
 	// Config is the client; only its Endpoint, ClientID and ClientSecret
 	// are used.
@@ -94,6 +96,11 @@ func (r *Refresher) Fetch(context.Context) (token.Token, error) {
 // Redeem implements token.Redeemer. next is "" if the endpoint kept the
 // refresh token.
 func (r *Refresher) Redeem(ctx context.Context, refresh string) (tok token.Token, next string, err error) {
+	if r.Config.Endpoint.AuthStyle == oauth2.AuthStyleAutoDetect {
+		// x/oauth2 would send a request that failed in any way once
+		// more, with the same refresh token: a second redemption.
+		return token.Token{}, "", fmt.Errorf("oauth: Refresher: set Config.Endpoint.AuthStyle (auto-detection resends a refresh token): %w", token.ErrInvalidConfig)
+	}
 	sent := time.Now()
 	// An expired token with only the refresh token makes x/oauth2 refresh.
 	ts := r.Config.TokenSource(withClient(ctx, r.HTTPClient), &oauth2.Token{RefreshToken: refresh})
