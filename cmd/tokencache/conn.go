@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"sync"
 	"time"
@@ -66,7 +67,7 @@ func newClient(cfg *config) (*conn, error) {
 		if url != "" {
 			var err error
 			if o, err = redis.ParseClusterURL(url); err != nil {
-				return nil, fmt.Errorf("-redis: %w", err)
+				return nil, urlError(err)
 			}
 		}
 		for _, a := range strings.Split(cfg.cluster, ",") {
@@ -84,7 +85,7 @@ func newClient(cfg *config) (*conn, error) {
 	}
 	o, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("-redis: %w", err)
+		return nil, urlError(err)
 	}
 	o.DialTimeout = orDefault(o.DialTimeout, dialTimeout)
 	o.DialerRetries = max(o.DialerRetries, 1)
@@ -154,4 +155,15 @@ func globEscape(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// urlError reports a -redis URL that go-redis refused. net/url's errors
+// quote the whole URL, password included, and their cause can quote part of
+// it (a password holding '/' or '?' reads as a port): none is shown.
+func urlError(err error) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return errors.New("-redis: not a valid URL (not shown: it may hold a password)")
+	}
+	return fmt.Errorf("-redis: %w", err)
 }

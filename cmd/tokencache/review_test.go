@@ -14,6 +14,7 @@ func TestReviewMalformedURLHidesPassword(t *testing.T) {
 	for _, args := range [][]string{
 		{"-redis", "redis://operator:PASSWORD-SECRET-123@localhost:63a79", "list"},
 		{"-redis", "redis://operator:PASSWORD-SECRET-123%zz@localhost:6379", "list"},
+		{"-redis", "redis://operator:PASSWORD/SECRET-123@localhost:6379", "list"},
 		{"-redis", "redis://operator:PASSWORD-SECRET-123@localhost:6379", "-cluster", "localhost:1", "list"},
 		{"-redis", "rediss://operator:PASSWORD-SECRET-123@localhost:63a79", "-cluster", "localhost:1", "list"},
 	} {
@@ -22,6 +23,6 @@ func TestReviewMalformedURLHidesPassword(t *testing.T) {
 			continue
 		}
 		t.Logf("%q: %v", args, r)
-		noSecrets(t, []string{"PASSWORD-SECRET-123"}, r.stdout, r.stderr)
+		noSecrets(t, []string{"PASSWORD-SECRET-123", "SECRET-123"}, r.stdout, r.stderr)
 	}
 }
