@@ -182,3 +182,30 @@ func TestReviewRefresherAutoDetectResends(t *testing.T) {
 		t.Errorf("refresh token sent %d times by one redemption", sent["rt-1"])
 	}
 }
+
+// TestReviewTransportChallengeList: RFC 9110 section 11.6.1 lets one
+// WWW-Authenticate field carry several challenges, comma-separated. A
+// Bearer challenge after another scheme's ("Basic realm=..., Bearer
+// error=...", or DPoP beside Bearer) was not recognised, so the rejected
+// token was neither invalidated nor the request retried; and a BWS around
+// "=" (allowed by the grammar) hid the error parameter.
+func TestReviewTransportChallengeList(t *testing.T) {
+	for _, h := range []string{
+		`Basic realm="api", Bearer error="invalid_token"`,
+		`DPoP algs="ES256 PS256", Bearer realm="api", error="invalid_token"`,
+		`Negotiate, Bearer error="invalid_token"`,
+		`Bearer realm="api", error = "invalid_token"`,
+	} {
+		api := &scripted{status: []int{401, 200}, header: h}
+		toks := &rotatingTokens{cur: "t1"}
+		c := &http.Client{Transport: &oauth.Transport{Tokens: toks, Base: api}}
+		resp, err := c.Get("http://api.invalid/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(toks.invalidated) != 1 {
+			t.Errorf("WWW-Authenticate: %s: status %d, invalidated %q; want t1 invalidated and the retry's 200", h, resp.StatusCode, toks.invalidated)
+		}
+	}
+}
