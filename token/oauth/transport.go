@@ -106,45 +106,79 @@ func rejected(resp *http.Response) bool {
 	return false
 }
 
-// bearerError returns the error parameter of a Bearer challenge in h (RFC
-// 6750 section 3; RFC 9110 section 11.2), or "".
+// bearerError returns the error parameter of a Bearer challenge in h, a
+// list of challenges (RFC 6750 section 3; RFC 9110 section 11.6.1), or "".
 func bearerError(h string) string {
-	scheme, params, _ := strings.Cut(strings.TrimSpace(h), " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	for params != "" {
-		var name, value string
-		name, params, _ = strings.Cut(params, "=")
-		name = strings.TrimSpace(strings.TrimLeft(name, ", "))
-		value, params = paramValue(strings.TrimLeft(params, " "))
-		if strings.EqualFold(name, "error") {
-			return value
+	var scheme string
+	for h != "" {
+		var item string
+		item, h = nextItem(h)
+		name, rest := splitToken(strings.TrimSpace(item))
+		if name == "" {
+			continue
+		}
+		if rest = strings.TrimLeft(rest, " \t"); !strings.HasPrefix(rest, "=") {
+			// A new challenge: its scheme, then its first parameter
+			// or a token68.
+			scheme = name
+			if name, rest = splitToken(rest); name == "" {
+				continue
+			}
+			if rest = strings.TrimLeft(rest, " \t"); !strings.HasPrefix(rest, "=") {
+				continue
+			}
+		}
+		if strings.EqualFold(scheme, "Bearer") && strings.EqualFold(name, "error") {
+			return unquote(strings.TrimSpace(rest[1:]))
 		}
 	}
 	return ""
 }
 
-// paramValue splits a token or quoted-string off the front of s.
-func paramValue(s string) (value, rest string) {
-	if !strings.HasPrefix(s, `"`) {
-		v, rest, _ := strings.Cut(s, ",")
-		return strings.TrimSpace(v), rest
-	}
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			if i+1 < len(s) {
-				i++
-				b.WriteByte(s[i])
-			}
-		case '"':
-			_, rest, _ = strings.Cut(s[i+1:], ",")
-			return b.String(), rest
-		default:
-			b.WriteByte(s[i])
+// nextItem splits h at its first comma outside a quoted string.
+func nextItem(h string) (item, rest string) {
+	quoted := false
+	for i := 0; i < len(h); i++ {
+		switch c := h[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == ',':
+			return h[:i], h[i+1:]
 		}
 	}
-	return b.String(), ""
+	return h, ""
+}
+
+// splitToken splits the token at the front of s (up to white space or
+// "=") from the rest.
+func splitToken(s string) (tok, rest string) {
+	i := strings.IndexAny(s, " \t=")
+	if i < 0 {
+		return s, ""
+	}
+	return s[:i], s[i:]
+}
+
+// unquote returns the value of a token or quoted-string.
+func unquote(v string) string {
+	if !strings.HasPrefix(v, `"`) {
+		return v
+	}
+	var b strings.Builder
+	for i := 1; i < len(v); i++ {
+		switch v[i] {
+		case '\\':
+			if i+1 < len(v) {
+				i++
+				b.WriteByte(v[i])
+			}
+		case '"':
+			return b.String()
+		default:
+			b.WriteByte(v[i])
+		}
+	}
+	return b.String()
 }
