@@ -309,9 +309,11 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	took := time.Since(start)
 	cancel()
 	var sh Shared
+	var born time.Time
 	if err == nil {
 		// Only tokens issued count: failures are paced by the backoff.
 		s.gate.fetches.add(time.Now())
+		born = time.Now() // accept counts the TTL from about now
 		sh, err = s.accept(f.tok, version)
 	}
 	if err != nil && f.rot != nil {
@@ -334,7 +336,7 @@ func (s *Source) fetchAndShare(ctx, lctx context.Context, version int64, reason 
 	// one here at once, then share it. Save even if the lock was lost
 	// meanwhile: the fence decides.
 	e := s.adopt(sh, 0)
-	shared, err := s.shareFetched(ctx, sh, time.Now(), f.rot)
+	shared, err := s.shareFetched(ctx, sh, born, f.rot)
 	fenced := (shared == nil && errors.Is(err, ErrFenced)) || (shared != nil && shared.version != sh.Version)
 	s.opts.Hooks.fetchDone(s.name, reason, took, fenced, nil)
 	switch {
@@ -357,13 +359,18 @@ func (s *Source) shareFetched(ctx context.Context, sh Shared, born time.Time, ro
 		return s.share(ctx, sh, born, s.store.Save)
 	}
 	if sv := s.rot.saver; sv != nil {
-		return s.share(ctx, sh, born, func(ctx context.Context, sh Shared) error {
+		e, err := s.share(ctx, sh, born, func(ctx context.Context, sh Shared) error {
 			err := s.rot.commit(ctx, rot, func(ctx context.Context) error { return sv.SaveRotated(ctx, sh, rot.gen, rot.next) })
 			if err != nil && !errors.Is(err, ErrFenced) {
 				s.lostRotation(rot, err)
 			}
 			return err
 		})
+		if errors.Is(err, errExpiredUnsaved) {
+			// Nothing was written, the state included: commit it alone.
+			s.commitRotation(ctx, rot)
+		}
+		return e, err
 	}
 	s.commitRotation(ctx, rot)
 	return s.share(ctx, sh, born, s.store.Save)
@@ -395,6 +402,10 @@ func (s *Source) lostRotation(rot *rotated, err error) {
 		slog.Int64("generation", rot.gen), errAttr(err))
 }
 
+// errExpiredUnsaved: the token expired before its save was sent, so
+// nothing was written.
+var errExpiredUnsaved = fmt.Errorf("the token expired before it could be saved: %w", ErrInvalidToken)
+
 // share saves sh, whose TTL was counted at born, with save (a fenced
 // write) and returns its entry. If the
 // store already holds a newer token, it returns that one's entry, or nil
@@ -405,7 +416,7 @@ func (s *Source) share(ctx context.Context, sh Shared, born time.Time, save func
 	// sh.TTL was counted at born: the store counts it from the save.
 	saved := sh
 	if saved.TTL -= time.Since(born); saved.TTL <= 0 {
-		return nil, fmt.Errorf("token: %s: the token expired before it could be saved: %w", s.name, ErrInvalidToken)
+		return nil, fmt.Errorf("token: %s: %w", s.name, errExpiredUnsaved)
 	}
 	err := save(sctx, saved)
 	switch {
