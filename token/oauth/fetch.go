@@ -28,8 +28,9 @@ var ErrSameToken = errors.New("oauth: the token endpoint returned the previous a
 // ClientCredentials is the token.Fetcher of the client credentials grant
 // (RFC 6749 section 4.4): machine-to-machine tokens, one per client and
 // scopes. Name it with Name(Config). Set Config.AuthStyle: with the
-// default auto-detection x/oauth2 sends every refused request twice. Set its
-// fields before first use.
+// default auto-detection x/oauth2 sends every refused request twice. Give
+// each Source its own: it remembers the last token it fetched
+// (ErrSameToken). Set its fields before first use.
 type ClientCredentials struct {
 	// Config is the client. Its Token method is called once per fetch.
 	Config *clientcredentials.Config
